@@ -101,7 +101,7 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
 
     progress = Progress(epochs)
     started = time.monotonic()
-    history = net.fit(dataset, epochs=epochs, validation_data=(mnist.val_x, mnist.val_y), verbose=0,
+    history = net.fit(dataset, epochs=epochs, validation_data=(mnist.val_x, mnist.val_y), verbose=0, shuffle=False,
                       callbacks=[progress.callback])
     training_seconds = time.monotonic() - started
 
