@@ -52,6 +52,9 @@ class Settings:
     rescan_interval: float = _setting(60.0, "Seconds between full rescans of the inbox (0: never)")
     extensions: tuple[str, ...] = _setting(DEFAULT_EXTENSIONS, "Comma-separated file extensions the watcher accepts")
     reload_interval: float = _setting(2.0, "Seconds between worker checks for a newly published weights version")
+    concurrency: int = _setting(16, "Jobs one worker process handles at once (threads feeding its batcher)")
+    visibility_timeout: float = _setting(3600.0, "Seconds before Redis hands a job whose worker died to another "
+                                         "worker; must exceed the longest job")
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING, ERROR")
 
     def __post_init__(self) -> None:
@@ -59,13 +62,15 @@ class Settings:
             raise ConfigError(f"on_success/on_error must be one of {', '.join(DISPOSITIONS)}")
         if self.device not in ("auto", "cpu", "gpu"):
             raise ConfigError(f"device must be auto, cpu or gpu, not {self.device!r}")
-        for name in ("max_image_bytes", "max_pixels", "batch_size", "queue_batch"):
+        for name in ("max_image_bytes", "max_pixels", "batch_size", "queue_batch", "concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         for name in ("batch_wait_ms", "queue_wait_ms", "ready_delay", "poll_interval", "rescan_interval",
                      "reload_interval"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
+        if self.visibility_timeout <= 0:
+            raise ConfigError("visibility_timeout must be positive")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
 

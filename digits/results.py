@@ -1,0 +1,256 @@
+"""The result schema, atomic results files, results.csv rows and paths confined to their folders."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from digits.errors import UnsafePath
+
+OK = "ok"
+NO_DIGIT = "no_digit"
+ERROR = "error"
+STATUSES = (OK, NO_DIGIT, ERROR)
+TOP_ALTERNATIVES = 3
+CSV_NAME = "results.csv"
+CSV_COLUMNS = ("processed_at", "source", "status", "digits", "confidence", "model", "sha256", "error",
+               "worker", "job")
+
+
+# --- paths -------------------------------------------------------------------------------------
+
+
+def check_relative(relative: str) -> PurePosixPath:
+    """A relative path made of ordinary names only; raises UnsafePath for anything that could leave a folder."""
+    if not isinstance(relative, str) or not relative or "\x00" in relative or "\\" in relative:
+        raise UnsafePath(f"path {relative!r} is empty or has forbidden characters")
+    path = PurePosixPath(relative)
+    if path.is_absolute() or relative.startswith("/"):
+        raise UnsafePath(f"path {relative!r} is absolute")
+    if any(part in ("..", ".", "") for part in relative.split("/")):
+        raise UnsafePath(f"path {relative!r} contains '..', '.' or an empty part")
+    return path
+
+
+def confined(root: Path, relative: str) -> Path:
+    """root/relative, refusing absolute paths, '..' and symlinks whose target lies outside root."""
+    check_relative(relative)
+    base = Path(os.path.realpath(root))
+    candidate = base.joinpath(*relative.split("/"))
+    resolved = Path(os.path.realpath(candidate))
+    if resolved == base or base not in resolved.parents:
+        raise UnsafePath(f"path {relative!r} leads outside {root}")
+    return candidate
+
+
+def result_path(results: Path, relative: str) -> Path:
+    """RESULTS/<relative>.json, confined to the results folder."""
+    return confined(results, relative + ".json")
+
+
+# --- the result object -------------------------------------------------------------------------
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def digit_details(probabilities: np.ndarray, boxes: Sequence[Sequence[int]], *, page: int) -> list[dict[str, Any]]:
+    """Per-digit details from softmax rows: best digit, its confidence, the top three and the box."""
+    details = []
+    for row, box in zip(np.asarray(probabilities, dtype=np.float64), boxes):
+        order = np.argsort(-row, kind="stable")[:TOP_ALTERNATIVES]
+        details.append({
+            "digit": str(int(order[0])),
+            "confidence": round(float(row[order[0]]), 6),
+            "top": [[str(int(index)), round(float(row[index]), 6)] for index in order],
+            "box": [int(value) for value in box],
+            "page": page,
+        })
+    return details
+
+
+def page_result(index: int, details: list[dict[str, Any]]) -> dict[str, Any]:
+    """One page: its digit string, lowest digit confidence (0 when none) and its details."""
+    return {
+        "page": index,
+        "digits": "".join(detail["digit"] for detail in details),
+        "confidence": min((detail["confidence"] for detail in details), default=0.0),
+        "details": details,
+    }
+
+
+def assemble(source: str, pages: list[dict[str, Any]], *, model: str | None, sha256: str | None,
+             worker: str, job: str | None = None) -> dict[str, Any]:
+    """The full result for a recognised file (status ok, or no_digit when no page holds a digit)."""
+    details = [detail for page in pages for detail in page["details"]]
+    return {
+        "source": source,
+        "status": OK if details else NO_DIGIT,
+        "digits": " ".join(page["digits"] for page in pages) if details else "",
+        "confidence": min((detail["confidence"] for detail in details), default=0.0),
+        "error": None,
+        "model": model,
+        "sha256": sha256,
+        "pages": pages,
+        "details": details,
+        "processed_at": now_iso(),
+        "worker": worker,
+        "job": job,
+    }
+
+
+def error_result(source: str, message: str, *, model: str | None, sha256: str | None, worker: str,
+                 job: str | None = None) -> dict[str, Any]:
+    """The result for an input that cannot be recognised."""
+    return {
+        "source": source,
+        "status": ERROR,
+        "digits": "",
+        "confidence": 0.0,
+        "error": message,
+        "model": model,
+        "sha256": sha256,
+        "pages": [],
+        "details": [],
+        "processed_at": now_iso(),
+        "worker": worker,
+        "job": job,
+    }
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write UTF-8 JSON atomically: a temporary file beside the target, fsync, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, ensure_ascii=False, indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def csv_row(result: dict[str, Any]) -> bytes:
+    """One results.csv line for a result, encoded, ending in a newline."""
+    values = {name: result.get(name) for name in CSV_COLUMNS}
+    values["confidence"] = f"{float(result.get('confidence') or 0.0):.6f}"
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(["" if values[name] is None else values[name]
+                                                     for name in CSV_COLUMNS])
+    return buffer.getvalue().encode("utf-8")
+
+
+def ensure_csv(path: Path) -> None:
+    """Create results.csv with its header unless it exists; safe when several workers race to create it."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            csv.writer(handle, lineterminator="\n").writerow(CSV_COLUMNS)
+        try:
+            os.link(temporary, path)  # fails if another worker created it first, never overwrites
+        except FileExistsError:
+            pass
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def csv_size(path: Path) -> int:
+    ensure_csv(path)
+    return path.stat().st_size
+
+
+def append_row(path: Path, result: dict[str, Any]) -> None:
+    """Append one row with a single O_APPEND write, so rows of concurrent writers never interleave."""
+    ensure_csv(path)
+    line = csv_row(result)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def has_row(path: Path, *, offset: int, job: str, source: str) -> bool:
+    """Whether a row for this job and source was appended at or after a byte offset of results.csv."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            tail = handle.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return False
+    job_column, source_column = CSV_COLUMNS.index("job"), CSV_COLUMNS.index("source")
+    for row in csv.reader(io.StringIO(tail)):
+        if len(row) == len(CSV_COLUMNS) and row[job_column] == job and row[source_column] == source:
+            return True
+    return False
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """Every row of results.csv as a dict (for tests and tools)."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def move_aside(original: Path, destination_root: Path, relative: str) -> Path:
+    """Move an original to destination_root/relative, never overwriting: a taken name gets a -1, -2... suffix."""
+    destination_root.mkdir(parents=True, exist_ok=True)
+    target = confined(destination_root, relative)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for candidate in _candidates(target):
+        try:
+            # link() refuses an existing name, unlike rename(); follow_symlinks=False moves a link, not its target.
+            os.link(original, candidate, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        except OSError as error:
+            if error.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP):
+                raise
+            if _copy_exclusive(original, candidate):
+                original.unlink()
+                return candidate
+            continue
+        original.unlink()
+        return candidate
+    raise FileExistsError(f"no free name for {target}")
+
+
+def _candidates(target: Path) -> Iterable[Path]:
+    yield target
+    stem, suffix = target.stem, target.suffix
+    for number in range(1, 10_000):
+        yield target.with_name(f"{stem}-{number}{suffix}")
+
+
+def _copy_exclusive(original: Path, candidate: Path) -> bool:
+    """Copy across filesystems into a name that must not exist yet; False when it does."""
+    try:
+        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as target, open(original, "rb") as source:
+        while chunk := source.read(1 << 20):
+            target.write(chunk)
+        target.flush()
+        os.fsync(target.fileno())
+    return True
