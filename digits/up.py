@@ -1,0 +1,255 @@
+"""`digits up`: the whole pipeline on one machine (embedded Redis unless a broker is set, a worker, a watcher)."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import fcntl
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from digits.children import Child
+from digits.embedded_redis import EmbeddedRedis
+from digits.errors import ConfigError, DigitsError
+from digits.settings import Settings, add_flags, env_name, redact_url
+
+log = logging.getLogger(__name__)
+
+FOLDERS = ("inbox", "results", "processed", "failed", "state")
+WATCHER_STOP_SECONDS = 20.0
+WORKER_STOP_SECONDS = 120.0  # a warm shutdown lets the jobs in flight finish
+WORKERS_ASKED_EVERY = 5.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress-interval", type=float, default=1.0,
+                        help="seconds between progress updates (default 1)")
+    add_flags(parser, *(spec.name for spec in dataclasses.fields(Settings)))
+
+
+def child_environment(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment plus every setting as its DIGITS_* variable, for the services."""
+    environment = dict(os.environ if base is None else base)
+    for spec in dataclasses.fields(Settings):
+        value = getattr(settings, spec.name)
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, tuple):
+            text = ",".join(value)
+        else:
+            text = str(value)
+        environment[env_name(spec.name)] = text
+    return environment
+
+
+def absolute_folders(settings: Settings) -> Settings:
+    """Folders resolved against the current directory, so the services agree on them whatever their cwd."""
+    return settings.replace(**{name: getattr(settings, name).expanduser().resolve() for name in FOLDERS})
+
+
+class StopRequest:
+    """Set by the first SIGINT/SIGTERM; a second one asks the service being stopped to hurry."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signals = 0
+        self.stopping: Child | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signal_number: int, frame: Any) -> None:
+        self.signals += 1
+        self.event.set()
+        if self.signals > 1 and self.stopping is not None and self.stopping.running():
+            # Celery's cold shutdown: stop now, unfinished jobs go back on the queue (acks_late).
+            log.warning("second stop signal: telling %s to stop at once", self.stopping.name)
+            try:
+                os.kill(self.stopping.pid, signal.SIGQUIT)
+            except ProcessLookupError:
+                pass
+
+
+class Progress:
+    """The live line: files waiting, done, failed, images per second, model version."""
+
+    def __init__(self, url: str, *, stream: TextIO):
+        self.url = url
+        self.stream = stream
+        self.interactive = stream.isatty()
+        self.baseline: dict[str, int] | None = None
+        self.history: collections.deque[tuple[float, int]] = collections.deque(maxlen=10)
+        self.model = "starting"
+        self.workers_asked = 0.0
+        self.last_line = ""
+        self.last_printed = 0.0
+
+    def update(self) -> None:
+        from digits import status
+
+        try:
+            report = self._numbers(status)
+        except DigitsError as error:
+            line = f"waiting for Redis ({error})"
+        else:
+            line = self._format(report)
+        self._show(line)
+
+    def _numbers(self, status) -> dict[str, Any]:
+        import redis
+
+        client = status.redis_client(self.url)
+        try:
+            from digits import ledger
+
+            counted = status.counts(client)
+            waiting = ledger.count_queued(client)
+        except redis.exceptions.RedisError as error:
+            raise DigitsError(str(error)) from None
+        finally:
+            client.close()
+        if self.baseline is None:
+            self.baseline = counted
+        now = time.monotonic()
+        if now - self.workers_asked >= WORKERS_ASKED_EVERY:
+            self.workers_asked = now
+            self._ask_workers(status)
+        done = counted["ok"] + counted["no_digit"] - self.baseline["ok"] - self.baseline["no_digit"]
+        failed = counted["error"] - self.baseline["error"]
+        self.history.append((now, done + failed))
+        return {"waiting": waiting, "done": done, "failed": failed, "rate": self._rate()}
+
+    def _ask_workers(self, status) -> None:
+        try:
+            answers = [entry for entry in status.workers(self.url, timeout=0.5) if "error" not in entry]
+        except Exception as error:  # the progress line must never stop the service; say why instead
+            log.debug("asking workers failed: %s", error)
+            return
+        if answers:
+            self.model = ", ".join(sorted({str(entry.get("model")) for entry in answers}))
+            if len(answers) > 1:
+                self.model += f" ({len(answers)} workers)"
+
+    def _rate(self) -> float:
+        if len(self.history) < 2:
+            return 0.0
+        (first_time, first_total), (last_time, last_total) = self.history[0], self.history[-1]
+        return (last_total - first_total) / (last_time - first_time) if last_time > first_time else 0.0
+
+    def _format(self, numbers: dict[str, Any]) -> str:
+        model = "worker starting (loading the model)" if self.model == "starting" else f"model {self.model}"
+        return (f"waiting {numbers['waiting']} | done {numbers['done']} | failed {numbers['failed']} | "
+                f"{numbers['rate']:.1f} images/s | {model}")
+
+    def _show(self, line: str) -> None:
+        if self.interactive:
+            self.stream.write("\r" + line + "\x1b[K")
+            self.stream.flush()
+        elif line != self.last_line and time.monotonic() - self.last_printed >= 1.0:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+            self.last_printed = time.monotonic()
+        self.last_line = line
+
+    def finish(self) -> None:
+        if self.interactive and self.last_line:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _lock_state(state: Path):
+    """One `digits up` per state folder: two would share one embedded Redis's data files."""
+    handle = open(state / "up.lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(f"another `digits up` is already running with state folder {state}") from None
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _files_in(folder: Path) -> int:
+    return sum(len(names) for _, _, names in os.walk(folder))
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    settings = absolute_folders(settings)
+    for name in FOLDERS:
+        getattr(settings, name).mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.state, 0o700)  # holds the embedded Redis password and data
+    lock = _lock_state(settings.state)
+    stop = StopRequest()
+    stop.install()
+    redis_server = None
+    services: list[Child] = []
+    try:
+        if settings.broker_url:
+            log.info("using the Redis at %s (no embedded server)", redact_url(settings.broker_url))
+        else:
+            redis_server = EmbeddedRedis(settings.state)
+            settings = settings.replace(broker_url=redis_server.start())
+        settings.log_once("up")
+        environment = child_environment(settings)
+        for name, command in (("worker", "worker"), ("watcher", "watch")):
+            if stop.event.is_set():
+                break
+            services.append(Child(name, [sys.executable, "-m", "digits", command],
+                                  log_path=settings.state / f"{name}.log", environment=environment).start())
+        _announce(settings)
+        watched = services + ([redis_server.child] if redis_server else [])
+        status = _supervise(watched, stop=stop, url=settings.broker_url, interval=args.progress_interval)
+    finally:
+        _shut_down(services, redis_server, stop=stop)
+        lock.close()
+    left = _files_in(settings.inbox)
+    print(f"digits up: stopped. {left} file(s) left in {settings.inbox}"
+          + ("; `digits up` again picks them up." if left else "."), flush=True)
+    return status
+
+
+def _announce(settings: Settings) -> None:
+    print(f"digits up: drop scans into   {settings.inbox}\n"
+          f"           results appear in {settings.results}  (originals move to {settings.processed}"
+          f" or {settings.failed})\n"
+          f"           logs in {settings.state}; Ctrl-C stops everything cleanly.", flush=True)
+
+
+def _supervise(services: list[Child], *, stop: StopRequest, url: str, interval: float) -> int:
+    """Show progress until a stop signal (returns 0) or until a service dies (returns 1)."""
+    progress = Progress(url, stream=sys.stdout)
+    try:
+        while not stop.event.is_set():
+            for child in services:
+                if not child.running():
+                    progress.finish()
+                    print(f"digits up: the {child.name} exited with status {child.exit_code()}; stopping. "
+                          f"Last lines of {child.log_path}:\n{child.log_tail()}", file=sys.stderr, flush=True)
+                    return 1
+            progress.update()
+            stop.event.wait(interval)
+        return 0
+    finally:
+        progress.finish()
+
+
+def _shut_down(services: list[Child], redis_server: EmbeddedRedis | None, *, stop: StopRequest) -> None:
+    """Watcher first (no new jobs), then the worker (warm: jobs in flight finish or go back), then Redis."""
+    by_name = {child.name: child for child in services}
+    for name, timeout in (("watcher", WATCHER_STOP_SECONDS), ("worker", WORKER_STOP_SECONDS)):
+        child = by_name.get(name)
+        if child is not None:
+            stop.stopping = child
+            child.stop(signal_number=signal.SIGTERM, timeout=timeout)
+    stop.stopping = None
+    if redis_server is not None:
+        redis_server.stop()
