@@ -78,3 +78,17 @@ def entries(client) -> dict[str, tuple[str, str, int]]:
 
 def count_queued(client) -> int:
     return sum(1 for state, _, _ in entries(client).values() if state == QUEUED)
+
+
+def lookup(client, paths: list[str]) -> list[tuple[str, str, int] | None]:
+    """(state, sha256, unix time) or None for each path, in one round trip."""
+    if not paths:
+        return []
+    found = []
+    for value in client.hmget(KEY, paths):
+        if value is None:
+            found.append(None)
+        else:
+            state, sha256, stamp = value.decode().split(":")
+            found.append((state, sha256, int(stamp)))
+    return found
