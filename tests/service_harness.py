@@ -1,0 +1,89 @@
+"""Helpers for the `digits up`, submit and status tests: scan images, a small model, hermetic environments."""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from conftest import PROJECT_ROOT
+
+DIGITS = str(Path(sys.executable).parent / "digits")  # the installed command, as the README runs it
+TINY_VERSION = "tiny-services"
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_test():
+    from trainer.data import load_test
+
+    images, labels, _ = load_test()
+    return images, labels
+
+
+def scan_png(index: int) -> tuple[bytes, int]:
+    """(PNG bytes, label): MNIST test image `index`, scaled up and inverted to dark ink on white paper."""
+    images, labels = _mnist_test()
+    digit = images[index].reshape(28, 28)
+    ink = (255 - np.clip(np.pad(digit, 16) * 255, 0, 255)).astype(np.uint8)
+    picture = Image.fromarray(ink, "L").resize((ink.shape[1] * 4, ink.shape[0] * 4), Image.BILINEAR)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue(), int(labels[index])
+
+
+def small_weights(folder: Path) -> Path:
+    """The shipped weights when published, else a model trained in seconds into `folder`."""
+    shipped = PROJECT_ROOT / "weights"
+    if (shipped / "CURRENT").is_file():
+        return shipped
+    if not (folder / "CURRENT").is_file():
+        subprocess.run([DIGITS, "train", "--epochs", "1", "--limit", "3000", "--weights", str(folder),
+                        "--version", TINY_VERSION, "--device", "cpu"], check=True, capture_output=True,
+                       env=clean_environment(), timeout=600)
+    return folder
+
+
+def clean_environment(**settings: str) -> dict[str, str]:
+    """This environment without any DIGITS_* variable (so no broker leaks in), plus the given ones."""
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("DIGITS_")}
+    environment.update({"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", **settings})
+    return environment
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below pid, by walking /proc's parent links."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True for a running process; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -1,0 +1,175 @@
+"""`digits up` as the README runs it: embedded Redis, worker and watcher; Ctrl-C stops all, nothing lost or left."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from conftest import RedisServer, wait_until
+from digits import up
+from digits.embedded_redis import EmbeddedRedis, recorded_url
+from digits.errors import ConfigError
+from digits.settings import Settings
+from service_harness import DIGITS, alive, clean_environment, command_line, descendants, scan_png, small_weights
+
+STARTUP_SECONDS = 180  # TensorFlow start-up on a busy 2-core machine
+STOP_SECONDS = 150
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    return small_weights(tmp_path_factory.mktemp("weights"))
+
+
+class Up:
+    """`digits up` running in a folder, its output in files (a pipe could fill up and block it)."""
+
+    def __init__(self, site: Path, environment: dict[str, str], *arguments: str):
+        self.site = site
+        self.output = site.parent / f"{site.name}-up-{time.monotonic_ns()}.out"
+        with open(self.output, "wb") as sink:
+            self.process = subprocess.Popen([DIGITS, "up", *arguments], cwd=site, env=environment,
+                                            stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def wait_for(self, needle: str, timeout: float) -> None:
+        def seen() -> bool:
+            if self.process.poll() is not None:
+                pytest.fail(f"digits up exited with {self.process.returncode}:\n{self.text()}")
+            return needle in self.text()
+
+        wait_until(seen, timeout=timeout, interval=0.2, message=f"{needle!r} in the output of digits up")
+
+    def interrupt(self) -> int:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            pytest.fail(f"digits up did not stop within {STOP_SECONDS}s:\n{self.text()}")
+
+
+def drop(inbox: Path, name: str, data: bytes) -> None:
+    """Write next to the inbox and rename in, the way a careful scanner delivers a file."""
+    staging = inbox.parent / f".{name}.partial"
+    staging.write_bytes(data)
+    staging.rename(inbox / name)
+
+
+def result_of(site: Path, name: str) -> dict | None:
+    path = site / "results" / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def test_digits_up_recognises_dropped_scans_stops_cleanly_on_ctrl_c_and_resumes(tmp_path, weights):
+    site = tmp_path / "site"
+    site.mkdir()
+    environment = clean_environment(DIGITS_WEIGHTS=str(weights), DIGITS_DEVICE="cpu", DIGITS_CONCURRENCY="4",
+                                    DIGITS_READY_DELAY="0.3")
+    scans = {f"scan-{index}.png": scan_png(index)[0] for index in range(3)}
+    scans["nested/scan-3.png"] = scan_png(3)[0]
+    broken = {"broken.png": b"not an image at all"}
+
+    first = Up(site, environment)
+    first.wait_for("drop scans into", timeout=60)
+    inbox = site / "inbox"
+    assert inbox.is_dir() and (site / "results").is_dir() and (site / ".digits").is_dir()
+    (inbox / "nested").mkdir()
+    for name, data in {**scans, **broken}.items():
+        drop(inbox, name, data)
+    wait_until(lambda: all(result_of(site, name) for name in [*scans, *broken]), timeout=STARTUP_SECONDS,
+               interval=0.2, message="results files of every dropped scan")
+    for name in scans:
+        assert result_of(site, name)["status"] in ("ok", "no_digit")
+        wait_until(lambda: (site / "processed" / name).is_file(), timeout=30, message=f"{name} in processed/")
+    assert result_of(site, "broken.png")["status"] == "error"
+    wait_until(lambda: (site / "failed" / "broken.png").is_file(), timeout=30, message="broken.png in failed/")
+    first.wait_for("done 4 | failed 1", timeout=30)  # the live progress line counted them
+
+    family = descendants(first.process.pid)
+    commands = [command_line(pid) for pid in family]
+    assert any("redis-server" in command for command in commands), commands  # the embedded Redis
+    assert any(" worker" in command for command in commands) and any(" watch" in command for command in commands)
+    assert recorded_url(site / ".digits")  # `digits status` from this folder finds the running Redis
+
+    assert first.interrupt() == 0, first.text()
+    assert not [pid for pid in family if alive(pid)], "processes left behind after Ctrl-C"
+    assert recorded_url(site / ".digits") is None
+    assert "stopped" in first.text()
+    assert list((site / ".digits" / "redis").rglob("*.aof*")), "append-only data kept for the next run"
+    for name in [*scans, *broken]:  # every file is accounted for: moved with its result, nothing lost
+        assert result_of(site, name) is not None
+        assert not (inbox / name).exists()
+
+    # While it is down a scan arrives; the next `digits up` picks it up, on the same Redis data.
+    drop(inbox, "late.png", scan_png(4)[0])
+    second = Up(site, environment)
+    wait_until(lambda: result_of(site, "late.png"), timeout=STARTUP_SECONDS, interval=0.2,
+               message="the result of a scan dropped while digits up was stopped")
+    wait_until(lambda: (site / "processed" / "late.png").is_file(), timeout=30, message="late.png in processed/")
+    family = descendants(second.process.pid)
+    assert second.interrupt() == 0, second.text()
+    assert not [pid for pid in family if alive(pid)]
+
+
+def test_digits_up_with_a_broker_url_starts_no_redis_of_its_own(tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        site = tmp_path / "site"
+        site.mkdir()
+        run = Up(site, clean_environment(DIGITS_BROKER_URL=server.url, DIGITS_DEVICE="cpu"))
+        run.wait_for("drop scans into", timeout=60)
+        family = descendants(run.process.pid)
+        commands = [command_line(pid) for pid in family]
+        assert not any("redis-server" in command for command in commands), commands
+        assert not (site / ".digits" / "redis").exists()
+        assert run.interrupt() == 0, run.text()
+        assert not [pid for pid in family if alive(pid)]
+        assert server.ping()  # someone else's Redis is left running
+    finally:
+        server.stop()
+
+
+def test_embedded_redis_keeps_queued_jobs_across_a_restart(tmp_path):
+    state = tmp_path / "state"
+    first = EmbeddedRedis(state)
+    client = redis.Redis.from_url(first.start())
+    client.lpush("digits", "job-1", "job-2")
+    first.stop()
+    assert recorded_url(state) is None and not first.child.running()
+    second = EmbeddedRedis(state)
+    try:
+        client = redis.Redis.from_url(second.start())
+        assert client.lrange("digits", 0, -1) == [b"job-2", b"job-1"]
+        assert recorded_url(state) == second.url and second.password != first.password
+        assert (state / "redis" / "redis.conf").stat().st_mode & 0o077 == 0  # the password file is private
+    finally:
+        second.stop()
+
+
+def test_a_second_digits_up_on_the_same_state_folder_is_refused(tmp_path):
+    holder = up._lock_state(tmp_path)
+    try:
+        with pytest.raises(ConfigError, match="already running"):
+            up._lock_state(tmp_path)
+    finally:
+        holder.close()
+    up._lock_state(tmp_path).close()  # free again once the first one ends
+
+
+def test_services_get_every_setting_through_the_environment(tmp_path):
+    settings = up.absolute_folders(Settings.load({"inbox": "in box", "polling": True, "batch_size": "7",
+                                                   "extensions": "png,tif", "broker_url": "redis://x:1/0"},
+                                                  environ={}))
+    environment = up.child_environment(settings, base={"PATH": "/bin"})
+    assert environment["PATH"] == "/bin"
+    assert Settings.load(environ=environment) == settings
+    assert Path(environment["DIGITS_INBOX"]).is_absolute()
