@@ -1,0 +1,80 @@
+"""Results files: confined paths, the result schema, atomic JSON, csv rows and never-overwriting moves."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from digits import results
+from digits.errors import UnsafePath
+
+
+@pytest.mark.parametrize("relative", ["/etc/passwd", "../x.png", "a/../../x.png", "a//b.png", "./a.png", "",
+                                      "a\\..\\b.png", "nul\x00.png"])
+def test_unsafe_relative_paths_are_refused(tmp_path, relative):
+    with pytest.raises(UnsafePath):
+        results.confined(tmp_path, relative)
+
+
+def test_symlink_leaving_the_folder_is_refused_and_one_inside_is_allowed(tmp_path):
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    inbox.mkdir(), outside.mkdir()
+    (outside / "secret.png").write_bytes(b"x")
+    (inbox / "inside.png").write_bytes(b"x")
+    (inbox / "leak.png").symlink_to(outside / "secret.png")
+    (inbox / "linkdir").symlink_to(outside)
+    (inbox / "alias.png").symlink_to(inbox / "inside.png")
+    for relative in ("leak.png", "linkdir/secret.png"):
+        with pytest.raises(UnsafePath):
+            results.confined(inbox, relative)
+    assert results.confined(inbox, "alias.png") == inbox / "alias.png"
+    assert results.result_path(tmp_path / "results", "2026/scan 7.png") == tmp_path / "results/2026/scan 7.png.json"
+
+
+def test_assemble_joins_pages_and_takes_the_lowest_confidence():
+    first = results.digit_details(np.array([[0.01, 0.9, 0.09] + [0.0] * 7, [0.0, 0.0, 0.7, 0.3] + [0.0] * 6]),
+                                  [(1, 2, 3, 4), (5, 6, 7, 8)], page=0)
+    pages = [results.page_result(0, first), results.page_result(1, [])]
+    result = results.assemble("a.tif", pages, model="v1", sha256="ab", worker="w@h", job="j")
+    assert result["status"] == "ok" and result["digits"] == "12 " and result["confidence"] == 0.7
+    assert result["details"][0]["top"] == [["1", 0.9], ["2", 0.09], ["0", 0.01]]
+    assert result["details"][1]["box"] == [5, 6, 7, 8] and result["details"][1]["page"] == 0
+    empty = results.assemble("b.png", [results.page_result(0, [])], model="v1", sha256="cd", worker="w", job=None)
+    assert (empty["status"], empty["digits"], empty["confidence"]) == ("no_digit", "", 0.0)
+    error = results.error_result("c.png", "NotAnImage: junk", model="v1", sha256=None, worker="w")
+    assert error["status"] == "error" and error["error"] == "NotAnImage: junk"
+
+
+def test_write_json_is_atomic_and_utf8(tmp_path):
+    target = tmp_path / "deep" / "scan ü.png.json"
+    results.write_json(target, {"source": "scan ü.png"})
+    results.write_json(target, {"source": "scan ü.png", "second": True})
+    assert json.loads(target.read_text(encoding="utf-8")) == {"source": "scan ü.png", "second": True}
+    assert [path.name for path in target.parent.iterdir()] == [target.name]
+
+
+def test_csv_rows_are_appended_and_found_after_an_offset(tmp_path):
+    path = tmp_path / "results.csv"
+    result = results.error_result('a "quoted", name.png', "bad", model="v1", sha256="aa", worker="w", job="job-1")
+    offset = results.csv_size(path)
+    results.append_row(path, result)
+    assert results.has_row(path, offset=offset, job="job-1", source='a "quoted", name.png')
+    assert not results.has_row(path, offset=path.stat().st_size, job="job-1", source='a "quoted", name.png')
+    assert not results.has_row(path, offset=0, job="job-2", source='a "quoted", name.png')
+    rows = results.read_rows(path)
+    assert len(rows) == 1 and rows[0]["source"] == 'a "quoted", name.png' and rows[0]["status"] == "error"
+
+
+def test_move_aside_never_overwrites(tmp_path):
+    inbox, processed = tmp_path / "inbox", tmp_path / "processed"
+    (inbox / "sub").mkdir(parents=True)
+    first, second = inbox / "sub" / "a.png", inbox / "sub" / "b.png"
+    first.write_bytes(b"first")
+    assert results.move_aside(first, processed, "sub/a.png") == processed / "sub" / "a.png"
+    first.write_bytes(b"again")
+    assert results.move_aside(first, processed, "sub/a.png") == processed / "sub" / "a-1.png"
+    assert (processed / "sub" / "a.png").read_bytes() == b"first" and not first.exists()
+    os.symlink("/etc/hostname", second)
+    moved = results.move_aside(second, processed, "sub/b.png")
+    assert moved.is_symlink() and not second.exists() and not second.is_symlink()

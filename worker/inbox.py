@@ -1,0 +1,185 @@
+"""Inbox files: confined reads, stale-job checks, results file, one csv row per job, then the original moves."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from digits import ledger, results
+from digits.errors import BadInput, ImageTooLarge, NotAnImage, UnsafePath
+from digits.settings import Settings
+from worker import recognition
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+STALE = "stale"
+COUNTER_PREFIX = "digits:count:"
+ROW_MARK_PREFIX = "digits:row:"
+DONE = b"done"
+
+
+@dataclass
+class InboxFile:
+    """One file of a process_files job and what became of it so far."""
+
+    relative: str
+    sha256: str
+    path: Path | None = None
+    identity: tuple[int, int, int] | None = None  # inode, size, mtime when read: detects a replaced file
+    pending: recognition.Pending | None = None
+    result: dict[str, Any] | None = None
+    summary: dict[str, Any] | None = None
+
+
+def process(files: Any, *, runtime: Runtime, job: str, worker: str) -> list[dict[str, Any]]:
+    """Recognise a batch of inbox files: all are normalised and queued first, so they share model calls."""
+    settings = runtime.settings
+    if not isinstance(files, list):
+        files = []
+        log.error("job %s: files must be a list of {path, sha256}", job)
+    entries = [_read(entry, settings=settings, runtime=runtime, job=job, worker=worker) for entry in files]
+    for entry in entries:
+        if entry.summary is not None:
+            continue
+        if entry.pending is not None:
+            entry.result = recognition.finish(entry.pending, source=entry.relative, sha256=entry.sha256,
+                                              worker=worker, job=job)
+        entry.summary = _conclude(entry, settings=settings, runtime=runtime, job=job)
+    return [entry.summary for entry in entries]
+
+
+def _read(raw: Any, *, settings: Settings, runtime: Runtime, job: str, worker: str) -> InboxFile:
+    """Check one entry, read and hash the file, and queue its glyphs; bad input becomes an error result."""
+    relative = raw.get("path") if isinstance(raw, dict) else None
+    sha256 = raw.get("sha256") if isinstance(raw, dict) else None
+    entry = InboxFile(relative=str(relative), sha256=str(sha256).lower())
+    if not isinstance(relative, str) or not isinstance(sha256, str) or not SHA256_PATTERN.match(entry.sha256):
+        log.error("job %s: malformed entry %r (needs path and a sha256 hex digest)", job, raw)
+        entry.summary = {"source": entry.relative, "status": results.ERROR, "digits": "",
+                         "error": "malformed entry: needs path and sha256"}
+        return entry
+    model = runtime.holder.current.version
+    try:
+        results.check_relative(relative)
+    except UnsafePath as error:
+        # No results file either: a name that leaves the inbox would leave the results folder too.
+        log.warning("job %s: refused %r: %s", job, relative, error)
+        entry.result = results.error_result(relative, str(error), model=model, sha256=entry.sha256,
+                                            worker=worker, job=job)
+        _record_row(runtime, entry.result, job=job, sha256=entry.sha256)
+        entry.summary = _summary(entry.result)
+        return entry
+    try:
+        entry.path = results.confined(settings.inbox, relative)
+        data = _read_if_current(entry, max_bytes=settings.max_image_bytes)
+        if data is None:
+            entry.summary = {"source": relative, "status": STALE, "digits": "", "error": None}
+            return entry
+        entry.pending = recognition.start(data, runtime.batcher, max_pixels=settings.max_pixels,
+                                          max_bytes=settings.max_image_bytes)
+    except BadInput as error:
+        log.info("job %s: %s is bad input: %s", job, relative, error)
+        entry.result = results.error_result(relative, f"{type(error).__name__}: {error}", model=model,
+                                            sha256=entry.sha256, worker=worker, job=job)
+    return entry
+
+
+def _read_if_current(entry: InboxFile, *, max_bytes: int) -> bytes | None:
+    """The file's bytes when it still holds the content the job names; None when the job is stale."""
+    try:
+        # O_NONBLOCK: opening a FIFO dropped into the inbox must not hang the worker.
+        with os.fdopen(os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise NotAnImage("not a regular file")
+            digest, chunks, size = hashlib.sha256(), [], 0
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+                if size <= max_bytes:
+                    chunks.append(chunk)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except IsADirectoryError:
+        raise NotAnImage("a folder, not a file") from None
+    if digest.hexdigest() != entry.sha256:
+        return None
+    entry.identity = (info.st_ino, info.st_size, info.st_mtime_ns)
+    if size > max_bytes:
+        raise ImageTooLarge(f"{size} bytes is more than the limit of {max_bytes}")
+    return b"".join(chunks)
+
+
+def _conclude(entry: InboxFile, *, settings: Settings, runtime: Runtime, job: str) -> dict[str, Any]:
+    """Results file, csv row (once per job), the original out of the inbox, then the ledger entry."""
+    result = entry.result
+    results.write_json(results.result_path(settings.results, entry.relative), result)
+    _record_row(runtime, result, job=job, sha256=entry.sha256)
+    disposition = settings.on_error if result["status"] == results.ERROR else settings.on_success
+    kept = _dispose(entry, disposition=disposition, settings=settings, job=job)
+    ledger.finish(runtime.redis, entry.relative, entry.sha256, kept=kept)
+    return _summary(result)
+
+
+def _dispose(entry: InboxFile, *, disposition: str, settings: Settings, job: str) -> bool:
+    """Move, keep or delete the original; True when it stays in the inbox."""
+    if disposition == "keep" or entry.path is None or entry.identity is None:
+        return True
+    try:
+        info = os.lstat(entry.path)
+    except FileNotFoundError:
+        return False  # an earlier delivery of this job moved it already
+    if (info.st_ino, info.st_size, info.st_mtime_ns) != entry.identity:
+        log.info("job %s: %s was replaced while being recognised; the new file gets its own job", job,
+                 entry.relative)
+        return True
+    if disposition == "delete":
+        entry.path.unlink(missing_ok=True)
+        return False
+    destination = settings.processed if entry.result["status"] != results.ERROR else settings.failed
+    moved = results.move_aside(entry.path, destination, entry.relative)
+    log.debug("job %s: moved %s to %s", job, entry.relative, moved)
+    return False
+
+
+def _record_row(runtime: Runtime, result: dict[str, Any], *, job: str, sha256: str) -> None:
+    """Append the csv row and count the status exactly once per (job, file), even across redeliveries.
+
+    A Redis mark first records the csv size ("at:<offset>"), then the row is appended, then the mark
+    becomes "done" together with the counter. A delivery after a crash finds "at:" and looks for its
+    row after that offset, so a crash at any point leaves one row, never none and never two.
+    """
+    client = runtime.redis
+    csv_path = runtime.settings.results / results.CSV_NAME
+    key = f"{ROW_MARK_PREFIX}{job}:{sha256}:{result['source']}"
+    ttl = int(2 * runtime.settings.visibility_timeout + 3600)
+    mark = client.get(key)
+    if mark == DONE:
+        return
+    if mark and mark.startswith(b"at:") and results.has_row(csv_path, offset=int(mark[3:]), job=job,
+                                                              source=result["source"]):
+        _mark_done(client, key, ttl=ttl, status=result["status"])
+        return
+    client.set(key, f"at:{results.csv_size(csv_path)}", ex=ttl)
+    results.append_row(csv_path, result)
+    _mark_done(client, key, ttl=ttl, status=result["status"])
+
+
+def _mark_done(client, key: str, *, ttl: int, status: str) -> None:
+    pipe = client.pipeline(transaction=True)
+    pipe.set(key, DONE, ex=ttl)
+    pipe.incr(COUNTER_PREFIX + status)
+    pipe.execute()
+
+
+def _summary(result: dict[str, Any]) -> dict[str, Any]:
+    return {"source": result["source"], "status": result["status"], "digits": result["digits"],
+            "error": result["error"]}

@@ -1,0 +1,54 @@
+"""From image bytes to a result object: normalise (in the caller's thread), then recognise in the batcher."""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import Future, TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from digits import results
+from digits.errors import Transient
+from worker.batching import Batcher
+
+INFERENCE_TIMEOUT_SECONDS = 300.0
+
+
+@dataclass
+class Pending:
+    """A file whose glyphs are queued in the batcher; boxes and page numbers wait for the probabilities."""
+
+    pages: list  # list[digits.normalise.Page]
+    future: Future
+
+
+def start(data: bytes, batcher: Batcher, *, max_pixels: int, max_bytes: int) -> Pending:
+    """Normalise a scan and queue all its glyphs as one batcher request; raises BadInput subclasses."""
+    from digits.normalise import normalise
+
+    pages = normalise(data, max_pixels=max_pixels, max_bytes=max_bytes)
+    glyphs = [glyph.image for page in pages for glyph in page.glyphs]
+    images = np.stack(glyphs).astype(np.float32) if glyphs else np.zeros((0, 28, 28), dtype=np.float32)
+    return Pending(pages=list(pages), future=batcher.submit(images))
+
+
+def finish(pending: Pending, *, source: str, sha256: str, worker: str, job: str | None) -> dict[str, Any]:
+    """Wait for the probabilities and build the result object."""
+    try:
+        probabilities, version = pending.future.result(timeout=INFERENCE_TIMEOUT_SECONDS)
+    except FutureTimeout:
+        raise Transient(f"inference did not answer within {INFERENCE_TIMEOUT_SECONDS:.0f}s") from None
+    pages, offset = [], 0
+    for page in pending.pages:
+        count = len(page.glyphs)
+        details = results.digit_details(probabilities[offset:offset + count],
+                                        [glyph.box for glyph in page.glyphs], page=page.index)
+        pages.append(results.page_result(page.index, details))
+        offset += count
+    return results.assemble(source, pages, model=version, sha256=sha256, worker=worker, job=job)
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,88 @@
+"""What one worker process keeps for its lifetime: settings, device, model holder, batcher, Redis client."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from digits.settings import Settings
+from worker.batching import Batcher, Stats
+from worker.holder import ModelHolder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    device: str
+    holder: ModelHolder
+    batcher: Batcher
+    redis: Any
+
+    def info(self) -> dict[str, Any]:
+        """What the digits_info inspect command answers."""
+        return {"device": self.device, "model": self.holder.current.version, **self.batcher.stats.snapshot()}
+
+
+_runtime: Runtime | None = None
+_settings: Settings | None = None
+_lock = threading.Lock()
+
+
+def set_settings(settings: Settings) -> None:
+    """Settings for this process (the `digits worker` flags); otherwise they come from DIGITS_* variables."""
+    global _settings
+    _settings = settings
+
+
+def settings() -> Settings:
+    global _settings
+    if _settings is None:
+        _settings = Settings.load()
+    return _settings
+
+
+def start() -> Runtime:
+    """Configure the device, load and warm the model, start the batcher and the reload poller (once)."""
+    global _runtime
+    with _lock:
+        if _runtime is not None:
+            return _runtime
+        import redis
+
+        from digits.device import configure
+
+        current = settings()
+        device = configure(current.device)
+        holder = ModelHolder(current.weights, reload_interval=current.reload_interval)
+        predictor = holder.load_initial()
+        batcher = Batcher(lambda: holder.current, batch_size=current.batch_size,
+                          batch_wait_ms=current.batch_wait_ms, stats=Stats())
+        batcher.start()
+        holder.start_polling()
+        client = redis.Redis.from_url(current.effective_broker_url, health_check_interval=30)
+        _runtime = Runtime(settings=current, device=device, holder=holder, batcher=batcher, redis=client)
+        log.info("worker ready on %s with weights version %s from %s (batch_size %d, batch_wait_ms %s)",
+                 device, predictor.version, current.weights, current.batch_size, current.batch_wait_ms)
+        return _runtime
+
+
+def get() -> Runtime:
+    """The running runtime, started on first use when no worker_init signal started it."""
+    return _runtime or start()
+
+
+def running() -> Runtime | None:
+    return _runtime
+
+
+def stop() -> None:
+    global _runtime
+    with _lock:
+        if _runtime is not None:
+            _runtime.holder.stop()
+            _runtime.batcher.stop()
+            _runtime = None

@@ -1,0 +1,78 @@
+"""The public tasks: digits.recognize (base64 image in, result out) and digits.process_files (inbox batches)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import socket
+import uuid
+from typing import Any
+
+import redis
+
+from digits import results
+from digits.errors import BadInput, ImageTooLarge, NotAnImage, Transient
+from worker import inbox, recognition, runtime
+from worker.app import app
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (Transient, OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 1, "retry_backoff_max": 60, "retry_jitter": True,
+         "max_retries": 10}
+
+
+def _worker_name(task) -> str:
+    return task.request.hostname or socket.gethostname()
+
+
+@app.task(name="digits.recognize", bind=True, **RETRY)
+def recognize(self, image: str, name: str | None = None) -> dict[str, Any]:
+    """Recognise one image sent as base64 of its file bytes; returns the result object (never retried for bad input)."""
+    current = runtime.get()
+    settings = current.settings
+    source = name if isinstance(name, str) else ""
+    job = self.request.id or str(uuid.uuid4())
+    worker = _worker_name(self)
+    sha256 = None
+    try:
+        data = _decode(image, max_bytes=settings.max_image_bytes)
+        sha256 = recognition.sha256_of(data)
+        pending = recognition.start(data, current.batcher, max_pixels=settings.max_pixels,
+                                    max_bytes=settings.max_image_bytes)
+        result = recognition.finish(pending, source=source, sha256=sha256, worker=worker, job=job)
+    except BadInput as error:
+        result = results.error_result(source, f"{type(error).__name__}: {error}",
+                                      model=current.holder.current.version, sha256=sha256, worker=worker, job=job)
+    _count(current, result["status"])
+    return result
+
+
+def _decode(image: Any, *, max_bytes: int) -> bytes:
+    """base64 text to bytes, refusing payloads over the limit before decoding them."""
+    if not isinstance(image, str):
+        raise NotAnImage("image must be the file's bytes as a base64 string")
+    if len(image) > 4 * (max_bytes // 3 + 1) + 4:
+        raise ImageTooLarge(f"payload of {len(image)} base64 characters is more than the limit of {max_bytes} bytes")
+    try:
+        data = base64.b64decode(image, validate=True)
+    except (binascii.Error, ValueError):
+        raise NotAnImage("image is not valid base64") from None
+    if len(data) > max_bytes:
+        raise ImageTooLarge(f"{len(data)} bytes is more than the limit of {max_bytes}")
+    return data
+
+
+def _count(current: runtime.Runtime, status: str) -> None:
+    try:
+        current.redis.incr(inbox.COUNTER_PREFIX + status)
+    except redis.exceptions.RedisError as error:
+        log.warning("could not count a %s result: %s", status, error)
+
+
+@app.task(name="digits.process_files", bind=True, **RETRY)
+def process_files(self, files: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Recognise inbox files [{path relative to the inbox, sha256}]; returns one summary per file."""
+    job = self.request.id or str(uuid.uuid4())
+    return inbox.process(files, runtime=runtime.get(), job=job, worker=_worker_name(self))
