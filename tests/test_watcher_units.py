@@ -1,0 +1,134 @@
+"""The watcher's parts on their own: name filters, readiness, start-up checks, the ledger lookup, no TensorFlow."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from conftest import PROJECT_ROOT
+from digits import ledger
+from digits.errors import FolderLoopError, InboxError
+from digits.settings import DEFAULT_EXTENSIONS, Settings
+from watcher import inbox_waiting
+from watcher.checks import check_inbox, check_no_loops
+from watcher.content import Fingerprint, sha256_of
+from watcher.filters import name_skip
+from watcher.readiness import ReadinessTracker
+
+
+@pytest.mark.parametrize("relative", [
+    ".hidden.png", ".DS_Store", "._scan.png", "scan.png.part", "scan.tmp", "scan.png~", "Thumbs.db",
+    "desktop.ini", "@eaDir/scan.png", "sub/@EADIR/scan.png", ".stfolder/scan.png", "a/.git/scan.png",
+    "notes.pdf", "README", "bad \udcff.png",
+])
+def test_skipped_names(relative):
+    assert name_skip(relative, DEFAULT_EXTENSIONS) is not None
+
+
+@pytest.mark.parametrize("relative", ["scan.png", "SCAN.PNG", "2026/scan 7.jpeg", "a.b/c.tiff", "Ünï.webp"])
+def test_accepted_names(relative):
+    assert name_skip(relative, DEFAULT_EXTENSIONS) is None
+
+
+def test_unsupported_extensions_are_logged_at_info_and_temporary_files_at_debug():
+    assert name_skip("x.pdf", DEFAULT_EXTENSIONS).level == logging.INFO
+    assert name_skip("x.png.part", DEFAULT_EXTENSIONS).level == logging.DEBUG
+    assert name_skip("x.pdf", ("pdf",)) is None
+
+
+def test_a_file_is_ready_only_after_ready_delay_without_events_or_changes():
+    tracker = ReadinessTracker(ready_delay=1.0)
+    first = Fingerprint(10, 1, 1, 7)
+    grown = Fingerprint(20, 2, 2, 7)
+    current = {"a.png": first}
+    tracker.note("a.png", first, now=0.0, event=True)
+    assert tracker.due(0.9, current.get) == []
+    tracker.note("a.png", first, now=0.8, event=True)  # closed after another write: quiet period restarts
+    assert tracker.due(1.5, current.get) == []
+    current["a.png"] = grown  # changed without an event reaching us (polling, lost event)
+    assert tracker.due(1.8, current.get) == []
+    assert tracker.due(2.7, current.get) == []
+    assert tracker.due(2.8, current.get) == [("a.png", grown)]
+    assert len(tracker) == 0
+
+
+def test_a_rescan_does_not_restart_the_quiet_period_and_a_vanished_file_is_dropped():
+    tracker = ReadinessTracker(ready_delay=1.0)
+    fingerprint = Fingerprint(1, 1, 1, 1)
+    tracker.note("a.png", fingerprint, now=0.0, event=False)
+    tracker.note("a.png", fingerprint, now=0.5, event=False)
+    tracker.note("gone.png", fingerprint, now=0.0, event=False)
+    assert tracker.due(1.0, {"a.png": fingerprint}.get) == [("a.png", fingerprint)]
+    assert len(tracker) == 0
+
+
+def test_forgetting_and_seeing_again_gives_one_ready_file():
+    tracker = ReadinessTracker(ready_delay=1.0)
+    fingerprint = Fingerprint(1, 1, 1, 1)
+    tracker.note("a.png", fingerprint, now=0.0, event=True)
+    tracker.forget("a.png")
+    tracker.note("a.png", fingerprint, now=0.2, event=True)
+    assert tracker.due(5.0, {"a.png": fingerprint}.get) == [("a.png", fingerprint)]
+
+
+def test_hashing_is_chunked_content_identity(tmp_path):
+    path = tmp_path / "big.png"
+    path.write_bytes(b"x" * (3 * (1 << 20) + 5))
+    digest, fingerprint = sha256_of(path)
+    import hashlib
+
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert fingerprint.size == 3 * (1 << 20) + 5
+
+
+def test_start_up_checks(tmp_path):
+    inbox = tmp_path / "inbox"
+    with pytest.raises(InboxError):
+        check_inbox(inbox)
+    inbox.mkdir()
+    resolved = check_inbox(inbox)
+    outside = Settings(inbox=inbox, results=tmp_path / "results", processed=tmp_path / "p", failed=tmp_path / "f")
+    check_no_loops(outside, resolved)
+    with pytest.raises(FolderLoopError):
+        check_no_loops(outside.replace(results=inbox / "results"), resolved)
+    # Originals that are kept never move, so their folder inside the inbox loops nothing.
+    check_no_loops(outside.replace(processed=inbox / "processed", on_success="keep"), resolved)
+    with pytest.raises(FolderLoopError):
+        check_no_loops(outside.replace(processed=inbox / "processed"), resolved)
+
+
+def test_ledger_lookup_reads_several_paths_in_one_round_trip(redis_client):
+    ledger.claim(redis_client, [("a.png", "aa")])
+    ledger.finish(redis_client, "a.png", "aa", kept=True)
+    ledger.claim(redis_client, [("b.png", "bb")])
+    found = ledger.lookup(redis_client, ["a.png", "b.png", "c.png"])
+    assert [entry and entry[:2] for entry in found] == [("done", "aa"), ("queued", "bb"), None]
+    assert ledger.lookup(redis_client, []) == []
+
+
+def test_inbox_waiting_counts_files_not_yet_done(tmp_path, redis_client):
+    inbox = tmp_path / "inbox"
+    (inbox / "sub").mkdir(parents=True)
+    for relative in ("a.png", "sub/b.png", "kept.png", ".hidden.png", "notes.pdf"):
+        (inbox / relative).write_bytes(b"x")
+    ledger.claim(redis_client, [("kept.png", "aa"), ("a.png", "bb")])
+    ledger.finish(redis_client, "kept.png", "aa", kept=True)
+    assert inbox_waiting(Settings(inbox=inbox), client=redis_client) == 2
+
+
+def test_the_watcher_never_imports_tensorflow(tmp_path):
+    """`digits watch` end to end as far as the checks, then every watcher module: no TensorFlow or Keras."""
+    script = (
+        "import sys\n"
+        "from digits.cli import main\n"
+        f"code = main(['watch', '--inbox', {str(tmp_path / 'missing')!r}])\n"
+        "import watcher, watcher.main, watcher.service, watcher.observer, watcher.enqueue, watcher.inbox\n"
+        "heavy = sorted(name for name in sys.modules if name.split('.')[0] in ('tensorflow', 'keras'))\n"
+        "print(code, heavy)\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              timeout=120)
+    assert finished.stdout.strip() == "6 []", finished.stderr

@@ -1,0 +1,137 @@
+"""Ready files out as digits.process_files jobs: claimed in the ledger first, sent in batches, held in outages."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import celery
+import redis
+
+from digits import ledger
+from watcher.content import Fingerprint
+from watcher.outage import TRANSIENT_ERRORS, BrokerHealth
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "digits.process_files"
+QUEUE = "digits"
+CLAIM_CHUNK = 1000  # files claimed per ledger round trip
+
+
+@dataclass(frozen=True)
+class ReadyFile:
+    """A completely written inbox file and the content it had when hashed."""
+
+    relative: str
+    sha256: str
+    fingerprint: Fingerprint
+    ready_at: float
+
+
+def connect_redis(url: str) -> redis.Redis:
+    """A ledger client that fails fast, so an outage is noticed at once instead of blocking the loop."""
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+
+
+class JobSender:
+    """Publishes jobs by task name on the `digits` queue, JSON only, without importing the worker."""
+
+    def __init__(self, broker_url: str):
+        self.app = celery.Celery("digits-watcher", broker=broker_url, set_as_current=False)
+        self.app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json",
+                             task_publish_retry=False,  # our own loop retries, with backoff
+                             broker_connection_retry_on_startup=False,
+                             broker_transport_options={"socket_connect_timeout": 2, "socket_timeout": 5})
+
+    def send(self, files: list[ReadyFile]) -> str:
+        payload = [{"path": ready.relative, "sha256": ready.sha256} for ready in files]
+        with self.app.producer_or_acquire() as producer:
+            job = self.app.send_task(TASK_NAME, kwargs={"files": payload}, queue=QUEUE, producer=producer)
+        return job.id
+
+
+class Outbox:
+    """Ready files waiting to be sent: up to queue_batch per job, or what is there after queue_wait seconds."""
+
+    def __init__(self, *, client: redis.Redis, sender: JobSender, health: BrokerHealth, queue_batch: int,
+                 queue_wait: float, on_settled: Callable[[ReadyFile, bool], None]):
+        self.client = client
+        self.sender = sender
+        self.health = health
+        self.queue_batch = queue_batch
+        self.queue_wait = queue_wait
+        self.on_settled = on_settled  # (file, sent by us) once it is queued, or found queued or done already
+        self._waiting: dict[str, ReadyFile] = {}
+        self._claimed_unsent: dict[str, str] = {}  # claims whose job may not have gone out: released on retry
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def __contains__(self, relative: str) -> bool:
+        return relative in self._waiting
+
+    def add(self, ready: ReadyFile) -> None:
+        self._waiting.pop(ready.relative, None)
+        self._waiting[ready.relative] = ready
+
+    def get(self, relative: str) -> ReadyFile | None:
+        return self._waiting.get(relative)
+
+    def discard(self, relative: str) -> None:
+        self._waiting.pop(relative, None)
+
+    def discard_folder(self, prefix: str) -> None:
+        for relative in [path for path in self._waiting if path.startswith(prefix)]:
+            del self._waiting[relative]
+
+    def next_deadline(self) -> float | None:
+        if not self._waiting and not self._claimed_unsent:
+            return None
+        if self.health.down:
+            return self.health.retry_at
+        if not self._waiting:
+            return 0.0  # only claims to release
+        oldest = next(iter(self._waiting.values()))
+        return oldest.ready_at if len(self._waiting) >= self.queue_batch else oldest.ready_at + self.queue_wait
+
+    def flush(self, now: float, *, force: bool = False) -> None:
+        """Send what is due; in an outage, keep everything and retry when the backoff allows."""
+        deadline = self.next_deadline()
+        if deadline is None or not self.health.may_try(now) or (not force and now < deadline):
+            return
+        try:
+            self._send_waiting()
+        except TRANSIENT_ERRORS as error:
+            self.health.failed(error, now=now, waiting=len(self._waiting))
+        else:
+            self.health.succeeded(now=now)
+
+    def _send_waiting(self) -> None:
+        if self._claimed_unsent:
+            # Claimed before an outage and maybe never sent: release, then claim afresh below (Redis may
+            # also have come back empty, in which case the release finds nothing and the claim succeeds).
+            ledger.release(self.client, list(self._claimed_unsent.items()))
+            self._claimed_unsent.clear()
+        while self._waiting:
+            chunk = list(self._waiting.values())[:CLAIM_CHUNK]
+            self._claimed_unsent.update((ready.relative, ready.sha256) for ready in chunk)
+            claimed = ledger.claim(self.client, [(ready.relative, ready.sha256) for ready in chunk])
+            to_send = []
+            for ready, is_new in zip(chunk, claimed):
+                if is_new:
+                    to_send.append(ready)
+                    continue
+                del self._claimed_unsent[ready.relative]
+                del self._waiting[ready.relative]
+                log.debug("%s is already queued or done with this content; not queued again", ready.relative)
+                self.on_settled(ready, False)
+            for start in range(0, len(to_send), self.queue_batch):
+                job = to_send[start:start + self.queue_batch]
+                job_id = self.sender.send(job)
+                for ready in job:
+                    del self._claimed_unsent[ready.relative]
+                    self._waiting.pop(ready.relative, None)
+                    log.info("queued %s (job %s)", ready.relative, job_id)
+                    self.on_settled(ready, True)

@@ -1,0 +1,295 @@
+"""The watcher's main loop: events and rescans in, ready files hashed, jobs out, all in one thread."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from digits import ledger
+from digits.settings import Settings
+from watcher.content import FileChanged, Fingerprint, NotRegular, regular_fingerprint, sha256_of
+from watcher.enqueue import JobSender, Outbox, ReadyFile
+from watcher.filters import NOT_REGULAR, SYMLINK, Skip, SkipLog, folder_skip, name_skip
+from watcher.inbox import walk
+from watcher.observer import Notice, start_observer
+from watcher.outage import TRANSIENT_ERRORS, BrokerHealth
+from watcher.readiness import ReadinessTracker
+
+log = logging.getLogger("watcher")
+
+LONGEST_WAIT_SECONDS = 0.25  # how long the loop sleeps at most, so a stop request is seen quickly
+NOTICES_PER_STEP = 10_000
+LOOKUP_CHUNK = 1000
+
+
+@dataclass(slots=True)
+class KnownFile:
+    """A file whose content was claimed in the ledger (by this process or earlier), as it was then."""
+
+    fingerprint: Fingerprint
+    sha256: str
+    sent_here: bool
+
+
+class Watcher:
+    """Turns events and rescans of one inbox into jobs, each file once, only when complete."""
+
+    def __init__(self, settings: Settings, *, inbox: Path, client, sender: JobSender):
+        self.settings = settings
+        self.inbox = inbox
+        self.client = client
+        self.notices: queue.SimpleQueue = queue.SimpleQueue()
+        self.tracker = ReadinessTracker(settings.ready_delay)
+        self.health = BrokerHealth()
+        self.outbox = Outbox(client=client, sender=sender, health=self.health, queue_batch=settings.queue_batch,
+                             queue_wait=settings.queue_wait_ms / 1000, on_settled=self._settled)
+        self.known: dict[str, KnownFile] = {}
+        self.unreadable: dict[str, Fingerprint] = {}
+        self.skips = SkipLog(log)
+        self.next_rescan = float("inf")
+        self.rescan_requested = False
+
+    def run(self, stop: threading.Event) -> None:
+        """Watch until stop is set; the observer starts before the first scan so no file slips between."""
+        observer, how = start_observer(self.inbox, self.notices, polling=self.settings.polling,
+                                       poll_interval=self.settings.poll_interval)
+        try:
+            present = self.rescan(time.monotonic())
+            log.info("watching %s (%s, full rescan %s): %d file(s) present; files are queued after %ss quiet",
+                     self.inbox, how, f"every {self.settings.rescan_interval}s" if self.settings.rescan_interval
+                     else "off", present, self.settings.ready_delay)
+            while not stop.is_set():
+                try:
+                    self.step()
+                except Exception:  # the outermost loop: one bad file or surprise never stops the watcher
+                    log.exception("unexpected error in the watcher loop; carrying on")
+                    stop.wait(1.0)
+        finally:
+            observer.stop()
+            observer.join(timeout=5)
+            self.outbox.flush(time.monotonic(), force=True)
+            log.info("watcher stopped: %d file(s) not yet ready, %d ready but not sent (they stay in the inbox "
+                     "and are queued at the next start)", len(self.tracker), len(self.outbox))
+
+    def step(self) -> None:
+        """Handle the notices that arrived, hash what became ready, rescan when due, send what is due."""
+        try:
+            kind, path = self.notices.get(timeout=self._wait_seconds(time.monotonic()))
+            self.handle(kind, path, now=time.monotonic())
+            for _ in range(NOTICES_PER_STEP):
+                kind, path = self.notices.get_nowait()
+                self.handle(kind, path, now=time.monotonic())
+        except queue.Empty:
+            pass
+        now = time.monotonic()
+        for relative, fingerprint in self.tracker.due(now, self._current_fingerprint):
+            self._hash(relative, fingerprint, now=now)
+        if self.rescan_requested or now >= self.next_rescan:
+            self.rescan(now)
+        was_down = self.health.down
+        self.outbox.flush(now)
+        if self.health.down and self.health.may_try(now) and not len(self.outbox):
+            self._probe(now)
+        if was_down and not self.health.down:
+            self.rescan_requested = True  # Redis may have come back empty: check the ledger at once
+
+    def handle(self, kind: Notice, absolute: str, *, now: float) -> None:
+        relative = self._relative(absolute)
+        if relative is None:
+            return
+        if kind is Notice.CHANGED:
+            self._changed(relative, now=now)
+        elif kind is Notice.GONE:
+            self._forget(relative)
+        elif kind is Notice.FOLDER:
+            skipped = next(filter(None, map(folder_skip, relative.split("/"))), None)
+            if skipped:
+                self.skips.report(relative, skipped)
+                return
+            for found, fingerprint in walk(self.inbox / relative, self.settings.extensions, prefix=relative + "/",
+                                           on_skip=self.skips.report):
+                self._seen(found, fingerprint, now=now)
+        elif kind is Notice.FOLDER_GONE:
+            self._forget_folder(relative + "/")
+
+    def rescan(self, now: float) -> int:
+        """Walk the whole inbox: new or changed files start their quiet period, claimed ones are checked."""
+        self.rescan_requested = False
+        interval = self.settings.rescan_interval
+        self.next_rescan = now + interval if interval else float("inf")
+        present: set[str] = set()
+        skipped: set[str] = set()
+        claimed: list[str] = []
+
+        def report(relative: str, skip: Skip) -> None:
+            skipped.add(relative)
+            self.skips.report(relative, skip)
+
+        for relative, fingerprint in walk(self.inbox, self.settings.extensions, on_skip=report):
+            present.add(relative)
+            if self._seen(relative, fingerprint, now=now):
+                claimed.append(relative)
+        for table in (self.known, self.unreadable):
+            for relative in [path for path in table if path not in present]:
+                del table[relative]
+        self.skips.retain(present | skipped)
+        self._reconcile(claimed, now=now)
+        log.debug("rescan: %d file(s) present, %d not yet ready, %d waiting to be sent", len(present),
+                  len(self.tracker), len(self.outbox))
+        return len(present)
+
+    def _seen(self, relative: str, fingerprint: Fingerprint, *, now: float) -> bool:
+        """A file found by a walk; True when it is unchanged since it was claimed (for _reconcile)."""
+        known = self.known.get(relative)
+        if known is not None and known.fingerprint == fingerprint:
+            return True
+        waiting = self.outbox.get(relative)
+        if (waiting is not None and waiting.fingerprint == fingerprint) or self.unreadable.get(relative) == fingerprint:
+            return False
+        self.tracker.note(relative, fingerprint, now=now, event=False)
+        return False
+
+    def _changed(self, relative: str, *, now: float) -> None:
+        skipped = name_skip(relative, self.settings.extensions)
+        if skipped:
+            self.skips.report(relative, skipped)
+            return
+        fingerprint = self._current_fingerprint(relative)
+        if fingerprint is None:
+            return
+        known = self.known.get(relative)
+        waiting = self.outbox.get(relative)
+        if known is not None and known.fingerprint == fingerprint:
+            return
+        if waiting is not None:
+            if waiting.fingerprint == fingerprint:
+                return
+            self.outbox.discard(relative)  # written to again: not ready any more
+        self.tracker.note(relative, fingerprint, now=now, event=True)
+
+    def _forget(self, relative: str) -> None:
+        self.tracker.forget(relative)
+        self.outbox.discard(relative)
+        self.known.pop(relative, None)
+        self.unreadable.pop(relative, None)
+        self.skips.forget(relative)
+
+    def _forget_folder(self, prefix: str) -> None:
+        self.tracker.forget_folder(prefix)
+        self.outbox.discard_folder(prefix)
+        for table in (self.known, self.unreadable):
+            for relative in [path for path in table if path.startswith(prefix)]:
+                del table[relative]
+
+    def _current_fingerprint(self, relative: str) -> Fingerprint | None:
+        """The fingerprint of a regular file, or None (gone; or a symlink or special file, logged once)."""
+        path = self.inbox / relative
+        try:
+            return regular_fingerprint(path)
+        except NotRegular:
+            self.skips.report(relative, SYMLINK if path.is_symlink() else NOT_REGULAR)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            self.skips.report(relative, Skip(f"cannot look at it: {error.strerror}", logging.WARNING))
+        return None
+
+    def _hash(self, relative: str, fingerprint: Fingerprint, *, now: float) -> None:
+        """Hash a file found quiet; it goes to the outbox, or back to waiting when it changed meanwhile."""
+        try:
+            sha256, after = sha256_of(self.inbox / relative)
+        except FileChanged:
+            after = self._current_fingerprint(relative)
+            if after is not None:
+                self.tracker.note(relative, after, now=now, event=True)
+            return
+        except NotRegular:
+            self.skips.report(relative, NOT_REGULAR)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            if self.unreadable.get(relative) != fingerprint:
+                log.warning("cannot read %s (%s); it is tried again once it changes", relative, error.strerror)
+            self.unreadable[relative] = fingerprint
+            return
+        if after != fingerprint:
+            self.tracker.note(relative, after, now=now, event=True)
+            return
+        self.unreadable.pop(relative, None)
+        log.debug("ready: %s (sha256 %s)", relative, sha256)
+        self.outbox.add(ReadyFile(relative, sha256, after, now))
+
+    def _settled(self, ready: ReadyFile, sent_here: bool) -> None:
+        previous = self.known.get(ready.relative)
+        if not sent_here and previous is not None and previous.sha256 == ready.sha256:
+            sent_here = previous.sent_here
+        self.known[ready.relative] = KnownFile(ready.fingerprint, ready.sha256, sent_here)
+
+    def _reconcile(self, relatives: list[str], *, now: float) -> None:
+        """Send again claimed files still in the inbox whose ledger entry was lost, or whose claim went stale.
+
+        Lost: Redis came back without its data. Stale: queued by someone else (a watcher killed between
+        claim and send) longer than requeue_after ago. A file sent twice is harmless (the worker skips a
+        job whose file is gone or changed); a file never sent would wait forever.
+        """
+        if not relatives:
+            return
+        if not self.health.may_try(now):
+            return  # the rescan that follows the outage's end does it
+        stale_before = time.time() - self.settings.requeue_after
+        try:
+            again: list[tuple[KnownFile, str, str]] = []
+            for start in range(0, len(relatives), LOOKUP_CHUNK):
+                chunk = relatives[start:start + LOOKUP_CHUNK]
+                for relative, entry in zip(chunk, ledger.lookup(self.client, chunk)):
+                    known = self.known[relative]
+                    if entry is None or entry[1] != known.sha256:
+                        again.append((known, relative, "the ledger has no record of it (Redis lost its data?)"))
+                    elif entry[0] == ledger.QUEUED and not known.sent_here and entry[2] < stale_before:
+                        again.append((known, relative, f"its claim is {time.time() - entry[2]:.0f}s old and was "
+                                                       "not sent by this watcher (one stopped between claim "
+                                                       "and send?)"))
+            stale = [(relative, known.sha256) for known, relative, _ in again]
+            if stale:
+                ledger.release(self.client, stale)
+        except TRANSIENT_ERRORS as error:
+            self.health.failed(error, now=now, waiting=len(self.outbox))
+            return
+        self.health.succeeded(now=now)
+        for known, relative, reason in again:
+            # Looked at after the ledger: a worker moves a file out before it forgets it, so a file that a
+            # worker has just finished is seen gone here rather than queued again.
+            if self._current_fingerprint(relative) != known.fingerprint:
+                continue
+            log.warning("queueing %s again: %s", relative, reason)
+            del self.known[relative]
+            self.outbox.add(ReadyFile(relative, known.sha256, known.fingerprint, now))
+
+    def _probe(self, now: float) -> None:
+        try:
+            self.client.ping()
+        except TRANSIENT_ERRORS as error:
+            self.health.failed(error, now=now, waiting=len(self.outbox))
+        else:
+            self.health.succeeded(now=now)
+
+    def _wait_seconds(self, now: float) -> float:
+        deadlines = [self.next_rescan, now + LONGEST_WAIT_SECONDS]
+        for deadline in (self.tracker.next_deadline(), self.outbox.next_deadline()):
+            if deadline is not None:
+                deadlines.append(deadline)
+        if self.health.down:
+            deadlines.append(self.health.retry_at)
+        return max(0.0, min(deadlines) - now)
+
+    def _relative(self, absolute: str) -> str | None:
+        relative = os.path.relpath(absolute, self.inbox)
+        if relative == "." or relative.startswith(".." + os.sep) or relative == "..":
+            return None
+        return Path(relative).as_posix()
