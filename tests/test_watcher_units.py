@@ -65,6 +65,15 @@ def test_a_rescan_does_not_restart_the_quiet_period_and_a_vanished_file_is_dropp
     assert len(tracker) == 0
 
 
+def test_due_files_beyond_the_limit_wait_for_the_next_step():
+    tracker = ReadinessTracker(ready_delay=0.0)
+    fingerprint = Fingerprint(1, 1, 1, 1)
+    for index in range(5):
+        tracker.note(f"{index}.png", fingerprint, now=0.0, event=False)
+    assert len(tracker.due(1.0, lambda relative: fingerprint, limit=3)) == 3
+    assert len(tracker.due(1.0, lambda relative: fingerprint, limit=3)) == 2
+
+
 def test_forgetting_and_seeing_again_gives_one_ready_file():
     tracker = ReadinessTracker(ready_delay=1.0)
     fingerprint = Fingerprint(1, 1, 1, 1)

@@ -29,6 +29,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     inbox = check_inbox(settings.inbox)
     check_no_loops(settings, inbox)
     settings.log_once("watcher")
+    for library in ("watchdog", "redis", "kombu", "celery"):
+        # Their debug output (every inotify event, every connection) would drown the watcher's own decisions.
+        logging.getLogger(library).setLevel(max(logging.INFO, logging.getLogger().getEffectiveLevel()))
     stop = threading.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda *_: stop.set())

@@ -51,10 +51,11 @@ class ReadinessTracker:
     def next_deadline(self) -> float | None:
         return self._deadlines[0][0] if self._deadlines else None
 
-    def due(self, now: float, current: Callable[[str], Fingerprint | None]) -> list[tuple[str, Fingerprint]]:
-        """Files quiet for ready_delay whose fingerprint, looked up again now, is still the same."""
+    def due(self, now: float, current: Callable[[str], Fingerprint | None], *,
+            limit: int | None = None) -> list[tuple[str, Fingerprint]]:
+        """Files quiet for ready_delay whose fingerprint, looked up again now, is still the same (at most limit)."""
         ready = []
-        while self._deadlines and self._deadlines[0][0] <= now:
+        while self._deadlines and self._deadlines[0][0] <= now and (limit is None or len(ready) < limit):
             _, _, relative, pending = heapq.heappop(self._deadlines)
             if self._pending.get(relative) is not pending:
                 continue  # forgotten (or forgotten and seen again: that one has its own entry)

@@ -24,6 +24,7 @@ log = logging.getLogger("watcher")
 
 LONGEST_WAIT_SECONDS = 0.25  # how long the loop sleeps at most, so a stop request is seen quickly
 NOTICES_PER_STEP = 10_000
+HASHES_PER_STEP = 256  # then send and look at events again: a burst neither delays the first job nor stalls events
 LOOKUP_CHUNK = 1000
 
 
@@ -87,7 +88,7 @@ class Watcher:
         except queue.Empty:
             pass
         now = time.monotonic()
-        for relative, fingerprint in self.tracker.due(now, self._current_fingerprint):
+        for relative, fingerprint in self.tracker.due(now, self._current_fingerprint, limit=HASHES_PER_STEP):
             self._hash(relative, fingerprint, now=now)
         if self.rescan_requested or now >= self.next_rescan:
             self.rescan(now)
