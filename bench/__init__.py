@@ -1,0 +1,1 @@
+"""Benchmarks and the realistic scan generator they share with the tests."""
