@@ -224,6 +224,18 @@ def test_restarting_the_watcher_queues_nothing_twice_but_new_content_again(inbox
     assert len(queued_files(redis_client)) == 7
 
 
+def test_a_queued_file_deleted_before_processing_is_queued_again_when_dropped_again(inbox, start_watcher,
+                                                                                   redis_client):
+    start_watcher()
+    (inbox / "again.png").write_bytes(b"same content twice")
+    wait_for_paths(redis_client, ["again.png"])
+    (inbox / "again.png").unlink()  # gone before any worker took it: its job is stale
+    wait_until(lambda: "again.png" not in ledger.entries(redis_client), message="the claim released")
+    (inbox / "again.png").write_bytes(b"same content twice")
+
+    wait_for_paths(redis_client, ["again.png", "again.png"])
+
+
 def test_a_claim_never_sent_by_a_killed_watcher_is_sent_again_once_stale(inbox, start_watcher, redis_client):
     (inbox / "orphan.png").write_bytes(b"claimed, then the watcher died")
     (inbox / "recent.png").write_bytes(b"claimed a moment ago")

@@ -54,6 +54,7 @@ class Watcher:
         self.skips = SkipLog(log)
         self.next_rescan = float("inf")
         self.rescan_requested = False
+        self.left_inbox: dict[str, str] = {}  # claimed files that left the inbox: their claims are released
 
     def run(self, stop: threading.Event) -> None:
         """Watch until stop is set; the observer starts before the first scan so no file slips between."""
@@ -88,6 +89,8 @@ class Watcher:
         except queue.Empty:
             pass
         now = time.monotonic()
+        if self.left_inbox and self.health.may_try(now):
+            self._release_left(now)
         for relative, fingerprint in self.tracker.due(now, self._current_fingerprint, limit=HASHES_PER_STEP):
             self._hash(relative, fingerprint, now=now)
         if self.rescan_requested or now >= self.next_rescan:
@@ -176,16 +179,30 @@ class Watcher:
     def _forget(self, relative: str) -> None:
         self.tracker.forget(relative)
         self.outbox.discard(relative)
-        self.known.pop(relative, None)
+        known = self.known.pop(relative, None)
+        if known is not None:
+            self.left_inbox[relative] = known.sha256
         self.unreadable.pop(relative, None)
         self.skips.forget(relative)
 
     def _forget_folder(self, prefix: str) -> None:
         self.tracker.forget_folder(prefix)
         self.outbox.discard_folder(prefix)
-        for table in (self.known, self.unreadable):
-            for relative in [path for path in table if path.startswith(prefix)]:
-                del table[relative]
+        for relative in [path for path in self.known if path.startswith(prefix)]:
+            self.left_inbox[relative] = self.known.pop(relative).sha256
+        for relative in [path for path in self.unreadable if path.startswith(prefix)]:
+            del self.unreadable[relative]
+
+    def _release_left(self, now: float) -> None:
+        """Forget claims of files deleted or moved away before a worker finished them (the worker skips
+        their jobs as stale), so the same content dropped at the same path later is queued again. The
+        ledger only forgets an entry for the same content, so a newer file at that path keeps its claim."""
+        try:
+            ledger.release(self.client, list(self.left_inbox.items()))
+        except TRANSIENT_ERRORS as error:
+            self.health.failed(error, now=now, waiting=len(self.outbox))
+            return
+        self.left_inbox.clear()
 
     def _current_fingerprint(self, relative: str) -> Fingerprint | None:
         """The fingerprint of a regular file, or None (gone; or a symlink or special file, logged once)."""
