@@ -24,7 +24,7 @@ STOP_SECONDS = 150
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    return small_weights(tmp_path_factory.mktemp("weights"))
+    return small_weights(tmp_path_factory.getbasetemp() / "service-weights")  # trained once per session
 
 
 class Up:
