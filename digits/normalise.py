@@ -137,6 +137,7 @@ def _decode_page(image: Image.Image, index: int, *, max_pixels: int) -> tuple[Im
             # almost for free; large photos come out no smaller than FINE_PIXELS.
             factor = max(1.0, math.sqrt(width * height / FINE_PIXELS))
             image.draft("L", (math.ceil(width / factor), math.ceil(height / factor)))
+        image.load()  # decode here, where a corrupt file is caught, not lazily later
         scale = width / image.size[0]
         # exif_transpose copies the whole image even when there is nothing to turn.
         upright = ImageOps.exif_transpose(image) if image.getexif().get(ORIENTATION, 1) != 1 else image
@@ -517,7 +518,7 @@ def _fit(ink: np.ndarray) -> np.ndarray:
         centre_col = float((fitted.sum(axis=0) * np.arange(cols)).sum()) / total
     else:
         centre_row, centre_col = (rows - 1) / 2, (cols - 1) / 2
-    middle = (FIELD - 1) / 2
+    middle = FIELD / 2  # MNIST's digits have their centre of mass at pixel (14, 14), measured
     top = min(max(int(round(middle - centre_row)), 0), FIELD - rows)
     left = min(max(int(round(middle - centre_col)), 0), FIELD - cols)
     field = np.zeros((FIELD, FIELD), np.float32)
