@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from conftest import PROJECT_ROOT, wait_until
 
 TINY_VERSION = "tiny-1"
 _MNIST: tuple[np.ndarray, np.ndarray] | None = None
+_TINY: Path | None = None  # trained once per test session when no shipped weights exist
 
 
 def mnist_test() -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +91,11 @@ def serving_weights(folder: Path) -> tuple[Path, str, bool]:
     if version is not None:
         publish_copy_from(shipped, version, folder)
         return folder, version, True
-    train_tiny(folder)
+    global _TINY
+    if _TINY is None:
+        _TINY = Path(tempfile.mkdtemp(prefix="digits-tiny-weights-"))
+        train_tiny(_TINY)
+    publish_copy_from(_TINY, TINY_VERSION, folder)
     return folder, TINY_VERSION, False
 
 

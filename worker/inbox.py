@@ -34,6 +34,7 @@ class InboxFile:
     sha256: str
     path: Path | None = None
     identity: tuple[int, int, int] | None = None  # inode, size, mtime when read: detects a replaced file
+    missing: bool = False
     pending: recognition.Pending | None = None
     result: dict[str, Any] | None = None
     summary: dict[str, Any] | None = None
@@ -74,13 +75,17 @@ def _read(raw: Any, *, settings: Settings, runtime: Runtime, job: str, worker: s
         log.warning("job %s: refused %r: %s", job, relative, error)
         entry.result = results.error_result(relative, str(error), model=model, sha256=entry.sha256,
                                             worker=worker, job=job)
-        _record_row(runtime, entry.result, job=job, sha256=entry.sha256)
+        record_row(runtime, entry.result, job=job, sha256=entry.sha256)
         entry.summary = _summary(entry.result)
         return entry
     try:
         entry.path = results.confined(settings.inbox, relative)
         data = _read_if_current(entry, max_bytes=settings.max_image_bytes)
         if data is None:
+            if entry.missing:
+                # Done by an earlier delivery that died before forgetting it; forget it now, so the
+                # same content dropped again later is queued again. A newer content's entry is untouched.
+                ledger.finish(runtime.redis, relative, entry.sha256, kept=False)
             entry.summary = {"source": relative, "status": STALE, "digits": "", "error": None}
             return entry
         entry.pending = recognition.start(data, runtime.batcher, max_pixels=settings.max_pixels,
@@ -107,6 +112,7 @@ def _read_if_current(entry: InboxFile, *, max_bytes: int) -> bytes | None:
                 if size <= max_bytes:
                     chunks.append(chunk)
     except (FileNotFoundError, NotADirectoryError):
+        entry.missing = True
         return None
     except IsADirectoryError:
         raise NotAnImage("a folder, not a file") from None
@@ -122,7 +128,7 @@ def _conclude(entry: InboxFile, *, settings: Settings, runtime: Runtime, job: st
     """Results file, csv row (once per job), the original out of the inbox, then the ledger entry."""
     result = entry.result
     results.write_json(results.result_path(settings.results, entry.relative), result)
-    _record_row(runtime, result, job=job, sha256=entry.sha256)
+    record_row(runtime, result, job=job, sha256=entry.sha256)
     disposition = settings.on_error if result["status"] == results.ERROR else settings.on_success
     kept = _dispose(entry, disposition=disposition, settings=settings, job=job)
     ledger.finish(runtime.redis, entry.relative, entry.sha256, kept=kept)
@@ -150,7 +156,7 @@ def _dispose(entry: InboxFile, *, disposition: str, settings: Settings, job: str
     return False
 
 
-def _record_row(runtime: Runtime, result: dict[str, Any], *, job: str, sha256: str) -> None:
+def record_row(runtime: Runtime, result: dict[str, Any], *, job: str, sha256: str) -> None:
     """Append the csv row and count the status exactly once per (job, file), even across redeliveries.
 
     A Redis mark first records the csv size ("at:<offset>"), then the row is appended, then the mark
