@@ -27,10 +27,27 @@ def weights(tmp_path_factory) -> Path:
     return small_weights(tmp_path_factory.getbasetemp() / "service-weights")  # trained once per session
 
 
+@pytest.fixture(autouse=True)
+def stop_leftovers():
+    """A failing test must not leave a `digits up` (and its services) running."""
+    yield
+    for run in Up.launched:
+        if run.process.poll() is None:
+            run.process.send_signal(signal.SIGINT)
+            try:
+                run.process.wait(timeout=STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                run.process.kill()
+    Up.launched.clear()
+
+
 class Up:
     """`digits up` running in a folder, its output in files (a pipe could fill up and block it)."""
 
+    launched: list["Up"] = []
+
     def __init__(self, site: Path, environment: dict[str, str], *arguments: str):
+        Up.launched.append(self)
         self.site = site
         self.output = site.parent / f"{site.name}-up-{time.monotonic_ns()}.out"
         with open(self.output, "wb") as sink:
@@ -59,7 +76,7 @@ class Up:
 
 def drop(inbox: Path, name: str, data: bytes) -> None:
     """Write next to the inbox and rename in, the way a careful scanner delivers a file."""
-    staging = inbox.parent / f".{name}.partial"
+    staging = inbox.parent / f".{name.replace('/', '_')}.partial"
     staging.write_bytes(data)
     staging.rename(inbox / name)
 
