@@ -102,20 +102,30 @@ class Outbox:
         if deadline is None or not self.health.may_try(now) or (not force and now < deadline):
             return
         try:
-            self._send_waiting()
+            self._send_waiting(now, force=force)
         except TRANSIENT_ERRORS as error:
             self.health.failed(error, now=now, waiting=len(self._waiting))
         else:
             self.health.succeeded(now=now)
 
-    def _send_waiting(self) -> None:
+    def _due_now(self, now: float, *, force: bool) -> list[ReadyFile]:
+        """Full jobs' worth of the oldest files, plus the rest once the oldest of it waited queue_wait."""
+        waiting = list(self._waiting.values())
+        full = len(waiting) - len(waiting) % self.queue_batch
+        rest = waiting[full:]
+        if rest and (force or rest[0].ready_at + self.queue_wait <= now):
+            return waiting
+        return waiting[:full]
+
+    def _send_waiting(self, now: float, *, force: bool) -> None:
         if self._claimed_unsent:
             # Claimed before an outage and maybe never sent: release, then claim afresh below (Redis may
             # also have come back empty, in which case the release finds nothing and the claim succeeds).
             ledger.release(self.client, list(self._claimed_unsent.items()))
             self._claimed_unsent.clear()
-        while self._waiting:
-            chunk = list(self._waiting.values())[:CLAIM_CHUNK]
+        due = self._due_now(now, force=force)
+        for start in range(0, len(due), CLAIM_CHUNK):
+            chunk = due[start:start + CLAIM_CHUNK]
             self._claimed_unsent.update((ready.relative, ready.sha256) for ready in chunk)
             claimed = ledger.claim(self.client, [(ready.relative, ready.sha256) for ready in chunk])
             to_send = []

@@ -9,16 +9,12 @@ import threading
 
 from digits.settings import Settings, add_flags
 
-log = logging.getLogger("watcher")
-
 FLAGS = ("broker_url", "inbox", "results", "processed", "failed", "on_success", "on_error", "ready_delay",
          "polling", "poll_interval", "rescan_interval", "requeue_after", "extensions", "queue_batch",
          "queue_wait_ms", "log_level")
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flags(parser, *FLAGS)
-
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Exit 6 for a missing or unreadable inbox, 7 for an output folder inside it; 0 after SIGTERM/SIGINT."""
