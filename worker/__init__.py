@@ -1,5 +1,12 @@
-"""The Celery worker: `celery -A worker worker` finds the app here; tasks live in worker.tasks."""
+"""The Celery worker: `celery -A worker worker` finds the app here; tasks live in worker.tasks.
 
-from worker.app import app
+The app is imported lazily, so `digits` can build its command line without Celery or settings loaded.
+"""
 
-__all__ = ["app"]
+
+def __getattr__(name: str):
+    if name in ("app", "celery"):
+        from worker.celery_app import app
+
+        return app
+    raise AttributeError(f"module 'worker' has no attribute {name!r}")

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Configure the Celery app from settings and run the worker until it is stopped; returns its exit status."""
-    from worker.app import QUEUE, app, configure
+    from worker.celery_app import QUEUE, app, configure
 
     configure(settings)
     argv = ["worker", "--pool", args.pool, "--concurrency", str(settings.concurrency if args.pool == "threads" else 1),

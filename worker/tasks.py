@@ -14,7 +14,7 @@ import redis
 from digits import results
 from digits.errors import BadInput, ImageTooLarge, NotAnImage, Transient
 from worker import inbox, recognition, runtime
-from worker.app import app
+from worker.celery_app import app
 
 log = logging.getLogger(__name__)
 
