@@ -19,7 +19,7 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED)
 
 up: $(INSTALLED)
-	$(BIN)/digits eval
+	$(BIN)/digits up
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest

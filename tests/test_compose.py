@@ -126,3 +126,4 @@ def test_dockerfiles_install_the_project_and_set_only_known_variables(name):
 def test_dockerignore_keeps_secrets_and_local_state_out():
     ignored = (PROJECT_ROOT / ".dockerignore").read_text(encoding="utf-8").split()
     assert {".git", ".venv", ".env", ".digits", "data"} <= set(ignored)
+
