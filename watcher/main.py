@@ -19,11 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Exit 6 for a missing or unreadable inbox, 7 for an output folder inside it; 0 after SIGTERM/SIGINT."""
     from watcher.checks import check_inbox, check_no_loops
-    from watcher.enqueue import JobSender, connect_redis
-    from watcher.service import Watcher
 
     inbox = check_inbox(settings.inbox)
     check_no_loops(settings, inbox)
+    from watcher.enqueue import JobSender, connect_redis  # Celery only once the checks passed
+    from watcher.service import Watcher
+
     settings.log_once("watcher")
     for library in ("watchdog", "redis", "kombu", "celery"):
         # Their debug output (every inotify event, every connection) would drown the watcher's own decisions.
