@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -9,7 +10,7 @@ import statistics
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageFilter, ImageOps, UnidentifiedImageError
 
 from digits.errors import EmptyFile, ImageTooLarge, ImageTooSmall, NotAnImage, UnsupportedImage
 
@@ -224,7 +225,7 @@ def _analyse(grey: Image.Image) -> _Analysis | None:
     small = grey.reduce(factor) if factor > 1 else grey
     dark_ink = _dark_ink(small)
     if dark_ink:
-        small = ImageOps.invert(small)  # from here on ink is bright and paper dark, as in MNIST
+        small = ImageChops.invert(small)  # from here on ink is bright and paper dark, as in MNIST
     background = _background(small)
     signal = np.asarray(small, dtype=np.float32) - background
     sigma = _noise(signal)
@@ -248,8 +249,14 @@ def _analyse(grey: Image.Image) -> _Analysis | None:
 
 def _dark_ink(small: Image.Image) -> bool:
     """Paper covers most of a page, so the median is paper; ink lies on the far side of it."""
-    cumulative = np.cumsum(small.histogram())
-    low, median, high = np.searchsorted(cumulative, np.array([0.01, 0.5, 0.99]) * cumulative[-1])
+    counts = small.histogram()
+    total = sum(counts)
+    marks, found, seen = [0.01 * total, 0.5 * total, 0.99 * total], [], 0
+    for level, count in enumerate(counts):
+        seen += count
+        while len(found) < 3 and seen >= marks[len(found)]:
+            found.append(level)
+    low, median, high = found
     return median - low >= high - median
 
 
@@ -274,7 +281,7 @@ def _quantiles(values: np.ndarray, shares: tuple[float, ...]) -> list[float]:
 
 def _noise(signal: np.ndarray) -> float:
     """Standard deviation of the paper from the median absolute deviation (ink does not move it)."""
-    sample = signal[:: max(1, signal.shape[0] // 48), :: max(1, signal.shape[1] // 48)].ravel()
+    sample = signal[:: max(1, signal.shape[0] // 32), :: max(1, signal.shape[1] // 32)].ravel()
     (median,) = _quantiles(sample, (0.5,))
     (deviation,) = _quantiles(np.abs(sample - median), (0.5,))
     return 1.4826 * deviation + 0.5
@@ -292,21 +299,16 @@ def _contrast(signal: np.ndarray) -> float:
 def _clear_borders(mask: np.ndarray) -> None:
     """Scanner borders are rows or columns along an edge that are mostly ink; a digit never is."""
     height, width = mask.shape
-    for axis, size, across in ((0, height, width), (1, width, height)):
-        fill = mask.mean(axis=1 - axis)  # share of ink in each row (axis 0) or column (axis 1)
+    for axis, size in ((0, height), (1, width)):
+        heavy = np.count_nonzero(mask, axis=1 - axis) > BORDER_FILL * mask.shape[1 - axis]  # per row or column
         depth = max(1, int(size * BORDER_DEPTH))
-        for positions in (range(depth), range(size - 1, size - 1 - depth, -1)):
-            heavy = fill[list(positions)] > BORDER_FILL
-            if not heavy.any():
-                continue
-            # Clear from the edge up to the innermost heavy line within reach, and one line more
-            # for the border's soft edge.
-            last = int(np.flatnonzero(heavy)[-1]) + 2
-            chosen = list(positions)[:last]
-            if axis == 0:
-                mask[chosen, :] = False
-            else:
-                mask[:, chosen] = False
+        # Clear from the edge to the innermost heavy line within reach, and one more for its soft edge.
+        if heavy[:depth].any():
+            end = int(np.flatnonzero(heavy[:depth])[-1]) + 2
+            mask[(slice(0, end), slice(None))[::1 - 2 * axis]] = False
+        if heavy[size - depth:].any():
+            start = size - depth + int(np.flatnonzero(heavy[size - depth:])[0]) - 1
+            mask[(slice(max(0, start), size), slice(None))[::1 - 2 * axis]] = False
 
 
 def _label(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -316,20 +318,22 @@ def _label(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     it settles in a handful of rounds rather than one per pixel of the longest stroke.
     """
     height, width = mask.shape
-    flat = np.flatnonzero(mask.ravel())
+    # A frame of paper lets every neighbour offset be a plain index step that never wraps a row.
+    framed = np.zeros((height + 2, width + 2), bool)
+    framed[1:-1, 1:-1] = mask
+    stride = width + 2
+    flat = np.flatnonzero(framed.ravel())
     count = flat.size
     if count == 0:
         return flat, flat
-    columns = flat % width
+    number = np.full(framed.size, -1, np.int64)
+    number[flat] = np.arange(count)
     sources, targets = [], []
-    for step_row, step_col in ((0, 1), (1, -1), (1, 0), (1, 1)):
-        neighbour = flat + step_row * width + step_col
-        position = np.minimum(np.searchsorted(flat, neighbour), count - 1)
-        joined = flat[position] == neighbour
-        if step_col:
-            joined &= (columns + step_col >= 0) & (columns + step_col < width)
+    for step in (1, stride - 1, stride, stride + 1):
+        neighbour = number[flat + step]
+        joined = neighbour >= 0
         sources.append(np.flatnonzero(joined))
-        targets.append(position[joined])
+        targets.append(neighbour[joined])
     source, target = np.concatenate(sources), np.concatenate(targets)
     parent = np.arange(count)
     while source.size:
@@ -345,7 +349,8 @@ def _label(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             if np.array_equal(jumped, parent):
                 break
             parent = jumped
-    return parent, flat
+    rows, columns = np.divmod(flat, stride)
+    return parent, (rows - 1) * width + (columns - 1)
 
 
 def _group(labels: np.ndarray, flat: np.ndarray, strong: np.ndarray, shape: tuple[int, int], *,
@@ -371,7 +376,9 @@ def _group(labels: np.ndarray, flat: np.ndarray, strong: np.ndarray, shape: tupl
         keep &= np.maximum(tall, wide) >= SPECK_SIZE * tallest
         touches_edge = (top == 0) | (left == 0) | (bottom == height - 1) | (right == width - 1)
         keep &= ~(touches_edge & (np.maximum(tall, wide) > 6 * np.minimum(tall, wide)))
-    kept = [int(index) for index in np.flatnonzero(keep)]
+    # Plain lists from here: the loops below touch a handful of components, and numpy scalars are slow.
+    left, top, right, bottom, wide = left.tolist(), top.tolist(), right.tolist(), bottom.tolist(), wide.tolist()
+    kept = np.flatnonzero(keep).tolist()
     kept.sort(key=lambda index: left[index])
     merged: list[list[int]] = []  # each: [left, top, right, bottom, component indexes...]
     for index in kept:
@@ -504,18 +511,37 @@ def _resized(array: np.ndarray, size: tuple[int, int], resample: Image.Resamplin
     return np.asarray(Image.fromarray(array.astype(np.float32)).resize(size, resample), dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=4096)
+def _resampling(size_in: int, size_out: int) -> np.ndarray:
+    """Weights that resize one axis with a triangle filter widened by the reduction, as Pillow's BILINEAR does:
+    shrinking averages every source pixel (anti-aliasing); weights are positive, so 0..1 stays 0..1."""
+    scale = size_in / size_out
+    support = max(scale, 1.0)
+    centres = (np.arange(size_out) + 0.5) * scale
+    distance = np.abs((np.arange(size_in) + 0.5)[None, :] - centres[:, None]) / support
+    weights = np.maximum(0.0, 1.0 - distance).astype(np.float32)
+    weights /= weights.sum(axis=1, keepdims=True)
+    weights.flags.writeable = False
+    return weights
+
+
+@functools.lru_cache(maxsize=64)
+def _positions(size: int) -> np.ndarray:
+    return np.arange(size, dtype=np.float32)
+
+
 def _fit(ink: np.ndarray) -> np.ndarray:
     """MNIST's own steps: fit into 20x20 keeping the aspect ratio, anti-aliased; centre of mass at the centre."""
     height, width = ink.shape
     ratio = BOX / max(height, width)
     size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
-    # Pillow widens its filter by the reduction factor, so shrinking averages every source pixel.
-    fitted = np.clip(_resized(ink, size, Image.Resampling.BILINEAR), 0.0, 1.0)
+    fitted = _resampling(height, size[1]) @ ink.astype(np.float32, copy=False) @ _resampling(width, size[0]).T
+    np.minimum(fitted, 1.0, out=fitted)  # rounding may leave 1.0000002
     total = float(fitted.sum())
     rows, cols = fitted.shape
     if total > 0:
-        centre_row = float((fitted.sum(axis=1) * np.arange(rows)).sum()) / total
-        centre_col = float((fitted.sum(axis=0) * np.arange(cols)).sum()) / total
+        centre_row = float(fitted.sum(axis=1) @ _positions(rows)) / total
+        centre_col = float(fitted.sum(axis=0) @ _positions(cols)) / total
     else:
         centre_row, centre_col = (rows - 1) / 2, (cols - 1) / 2
     middle = FIELD / 2  # MNIST's digits have their centre of mass at pixel (14, 14), measured
