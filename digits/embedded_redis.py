@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import secrets
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 
 URL_FILE = "broker.url"
 DATA_FOLDER = "redis"
+LOCK_FILE = "up.lock"  # held by the running `digits up` for as long as it runs
 
 
 def redis_server_binary() -> str:
@@ -33,11 +35,26 @@ def redis_server_binary() -> str:
 
 
 def recorded_url(state: Path) -> str | None:
-    """The broker URL a running `digits up` recorded in this state folder, if any."""
+    """The broker URL `digits up` recorded in this state folder, if any."""
     try:
         return (state / URL_FILE).read_text(encoding="utf-8").strip() or None
     except OSError:
         return None
+
+
+def running_url(state: Path) -> str | None:
+    """The recorded URL, but only while its `digits up` still runs (one killed by SIGKILL leaves it behind)."""
+    url = recorded_url(state)
+    if url is None:
+        return None
+    try:
+        with open(state / LOCK_FILE, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # we get it only when nobody holds it
+    except BlockingIOError:
+        return url
+    except OSError:
+        return None
+    return None
 
 
 def _free_port() -> int:

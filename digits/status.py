@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from digits import ledger
-from digits.embedded_redis import recorded_url
+from digits.embedded_redis import running_url
 from digits.errors import BrokerUnavailable, NoWorkerError
 from digits.settings import Settings, add_flags, redact_url
 
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def broker_url(settings: Settings) -> str:
     """The configured broker; else the one a `digits up` running from here recorded; else local Redis."""
-    return settings.broker_url or recorded_url(settings.state) or settings.effective_broker_url
+    return settings.broker_url or running_url(settings.state) or settings.effective_broker_url
 
 
 def redis_client(url: str):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from digits.children import Child
-from digits.embedded_redis import EmbeddedRedis
+from digits.embedded_redis import LOCK_FILE, EmbeddedRedis
 from digits.errors import ConfigError, DigitsError
 from digits.settings import Settings, add_flags, env_name, redact_url
 
@@ -70,10 +70,12 @@ class StopRequest:
         self.signals += 1
         self.event.set()
         if self.signals > 1 and self.stopping is not None and self.stopping.running():
-            # Celery's cold shutdown: stop now, unfinished jobs go back on the queue (acks_late).
-            log.warning("second stop signal: telling %s to stop at once", self.stopping.name)
+            # For the worker, Celery's cold shutdown: it stops now and its unfinished jobs are
+            # delivered again (acks_late); anything else is simply killed.
+            hurry = signal.SIGQUIT if self.stopping.name == "worker" else signal.SIGKILL
+            log.warning("second stop signal: stopping the %s at once", self.stopping.name)
             try:
-                os.kill(self.stopping.pid, signal.SIGQUIT)
+                os.kill(self.stopping.pid, hurry)
             except ProcessLookupError:
                 pass
 
@@ -167,7 +169,7 @@ class Progress:
 
 def _lock_state(state: Path):
     """One `digits up` per state folder: two would share one embedded Redis's data files."""
-    handle = open(state / "up.lock", "w")
+    handle = open(state / LOCK_FILE, "w")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

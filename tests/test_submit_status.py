@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import RedisServer, free_port, wait_until
+from digits import up
+from digits.embedded_redis import running_url
 from digits.errors import BadInput, BrokerUnavailable, NoWorkerError
 from service_harness import DIGITS, clean_environment, scan_png, small_weights
 
@@ -128,8 +130,14 @@ def test_status_and_submit_find_the_redis_of_a_digits_up_in_this_folder(tmp_path
         state = tmp_path / ".digits"
         state.mkdir()
         (state / "broker.url").write_text(server.url + "\n")
-        done = digits("status", "--json", "--timeout", "0.3", environment=clean_environment(), cwd=tmp_path)
-        assert json.loads(done.stdout)["broker"].endswith(f":{server.port}/0")
+        lock = up._lock_state(state)  # as a running `digits up` holds it
+        try:
+            done = digits("status", "--json", "--timeout", "0.3", environment=clean_environment(), cwd=tmp_path)
+            assert json.loads(done.stdout)["broker"].endswith(f":{server.port}/0")
+            assert running_url(state) == server.url
+        finally:
+            lock.close()
+        assert running_url(state) is None  # left behind by a `digits up` that was killed: ignored
     finally:
         server.stop()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import redis
 
 from conftest import RedisServer, wait_until
 from digits import up
-from digits.embedded_redis import EmbeddedRedis, recorded_url
+from digits.embedded_redis import EmbeddedRedis, recorded_url, running_url
 from digits.errors import ConfigError
 from digits.settings import Settings
 from service_harness import DIGITS, alive, clean_environment, command_line, descendants, scan_png, small_weights
@@ -65,8 +66,8 @@ class Up:
 
         wait_until(seen, timeout=timeout, interval=0.2, message=f"{needle!r} in the output of digits up")
 
-    def interrupt(self) -> int:
-        self.process.send_signal(signal.SIGINT)
+    def interrupt(self, signal_number: int = signal.SIGINT) -> int:
+        self.process.send_signal(signal_number)
         try:
             return self.process.wait(timeout=STOP_SECONDS)
         except subprocess.TimeoutExpired:
@@ -115,29 +116,41 @@ def test_digits_up_recognises_dropped_scans_stops_cleanly_on_ctrl_c_and_resumes(
     commands = [command_line(pid) for pid in family]
     assert any("redis-server" in command for command in commands), commands  # the embedded Redis
     assert any(" worker" in command for command in commands) and any(" watch" in command for command in commands)
-    assert recorded_url(site / ".digits")  # `digits status` from this folder finds the running Redis
+    assert running_url(site / ".digits")  # `digits status` from this folder finds the running Redis
 
+    # Ctrl-C in the middle of a burst: whatever is not finished must stay in the inbox or on the queue.
+    burst = {f"burst/{index:02d}.png": scan_png(10 + index % 20)[0] for index in range(40)}
+    (inbox / "burst").mkdir()
+    for name, data in burst.items():
+        drop(inbox, name, data)
+    wait_until(lambda: any(result_of(site, name) for name in burst), timeout=60, interval=0.05,
+               message="the first result of the burst")
     assert first.interrupt() == 0, first.text()
     assert not [pid for pid in family if alive(pid)], "processes left behind after Ctrl-C"
     assert recorded_url(site / ".digits") is None
     assert "stopped" in first.text()
     assert list((site / ".digits" / "redis").rglob("*.aof*")), "append-only data kept for the next run"
-    for name in [*scans, *broken]:  # every file is accounted for: moved with its result, nothing lost
-        assert result_of(site, name) is not None
-        assert not (inbox / name).exists()
+    for name in [*scans, *broken]:  # moved out of the inbox, each with its result
+        assert result_of(site, name) is not None and not (inbox / name).exists()
+    for name in burst:  # every file accounted for: either done (result, moved) or still in the inbox
+        done = result_of(site, name) is not None and (site / "processed" / name).is_file()
+        assert done != (inbox / name).is_file(), name
 
-    # While it is down a scan arrives; the next `digits up` picks it up, on the same Redis data.
+    # While it is down another scan arrives; the next `digits up` finishes everything, on the same Redis data.
     drop(inbox, "late.png", scan_png(4)[0])
     second = Up(site, environment)
-    wait_until(lambda: result_of(site, "late.png"), timeout=STARTUP_SECONDS, interval=0.2,
-               message="the result of a scan dropped while digits up was stopped")
-    wait_until(lambda: (site / "processed" / "late.png").is_file(), timeout=30, message="late.png in processed/")
+    for name in [*burst, "late.png"]:
+        wait_until(lambda: (site / "processed" / name).is_file() and result_of(site, name), interval=0.2,
+                   timeout=STARTUP_SECONDS, message=f"{name} done after digits up was started again")
+    assert not any(path.is_file() for path in inbox.rglob("*"))
+    rows = (site / "results" / "results.csv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 1 + len(scans) + len(broken) + len(burst) + 1  # header, then one row per file
     family = descendants(second.process.pid)
     assert second.interrupt() == 0, second.text()
     assert not [pid for pid in family if alive(pid)]
 
 
-def test_digits_up_with_a_broker_url_starts_no_redis_of_its_own(tmp_path):
+def test_digits_up_with_a_broker_url_starts_no_redis_and_stops_on_sigterm(tmp_path):
     server = RedisServer(tmp_path / "redis").start()
     try:
         site = tmp_path / "site"
@@ -147,12 +160,33 @@ def test_digits_up_with_a_broker_url_starts_no_redis_of_its_own(tmp_path):
         family = descendants(run.process.pid)
         commands = [command_line(pid) for pid in family]
         assert not any("redis-server" in command for command in commands), commands
-        assert not (site / ".digits" / "redis").exists()
-        assert run.interrupt() == 0, run.text()
+        assert len(family) >= 2 and not (site / ".digits" / "redis").exists()
+        assert run.interrupt(signal.SIGTERM) == 0, run.text()
         assert not [pid for pid in family if alive(pid)]
         assert server.ping()  # someone else's Redis is left running
     finally:
         server.stop()
+
+
+def test_services_stop_by_themselves_when_digits_up_is_killed(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    run = Up(site, clean_environment(DIGITS_DEVICE="cpu"))
+    run.wait_for("drop scans into", timeout=60)
+    family = descendants(run.process.pid)
+    assert len(family) >= 3  # redis-server, worker, watcher
+    run.process.kill()
+    run.process.wait()
+    wait_until(lambda: not [pid for pid in family if alive(pid)], timeout=90, interval=0.2,
+               message="the services of a killed digits up to stop")
+    assert running_url(site / ".digits") is None  # its recorded URL is known to be stale
+
+
+def test_the_cli_modules_import_neither_tensorflow_nor_celery():
+    code = ("import sys, digits.up, digits.status, digits.submit, digits.embedded_redis; "
+            "print(sorted({name.split('.')[0] for name in sys.modules} & {'tensorflow', 'keras', 'celery'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def test_embedded_redis_keeps_queued_jobs_across_a_restart(tmp_path):
