@@ -325,6 +325,22 @@ def test_mangled_bytes_only_ever_raise_bad_input(variant_scans):
                 pass
 
 
+@pytest.mark.parametrize("size", [(8, 8), (9, 9), (8, 5000), (5000, 8), (30000, 8), (12, 12)])
+@pytest.mark.parametrize("kind", ["blank", "noise", "bars", "speckle"])
+def test_odd_shapes_and_contents_never_crash(size, kind):
+    random = np.random.default_rng(4)
+    width, height = size
+    pixels = np.full((height, width), 230, np.uint8)
+    if kind == "noise":
+        pixels = random.integers(0, 256, (height, width)).astype(np.uint8)
+    elif kind == "bars":
+        pixels[:, ::7] = 10
+    elif kind == "speckle":
+        pixels = (random.random((height, width)) > 0.5).astype(np.uint8) * 255
+    for page in normalise(encoded(Image.fromarray(pixels))):
+        assert all(glyph.image.shape == (28, 28) for glyph in page.glyphs)
+
+
 def test_normalise_needs_no_tensorflow():
     code = "import sys, digits.normalise; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT).returncode == 0
