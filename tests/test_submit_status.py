@@ -46,10 +46,16 @@ def worker(redis_server, tmp_path_factory):
             pytest.fail(f"the worker exited with {process.returncode}:\n{log_path.read_text()}")
         return digits("status", "--json", environment=environment).returncode == 0
 
-    wait_until(answers, timeout=180, interval=1.0, message="a worker answering digits status")
-    yield environment
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
+    try:
+        wait_until(answers, timeout=180, interval=1.0, message="a worker answering digits status")
+        yield environment
+    finally:
+        process.send_signal(signal.SIGTERM)  # warm shutdown
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(scope="module")
