@@ -105,16 +105,20 @@ class Batcher:
 
     def submit(self, images: np.ndarray) -> Future:
         """Queue images (n, 28, 28); the future gives (probabilities (n, 10), weights version)."""
-        request = Request(np.asarray(images, dtype=np.float32).reshape(-1, 28, 28))
-        if request.count == 0:
-            request.future.set_result((np.zeros((0, 10), dtype=np.float32), self.predictor().version))
-            return request.future
+        return self.submit_many([images])[0]
+
+    def submit_many(self, image_sets: list[np.ndarray]) -> list[Future]:
+        """Queue several requests at once, so the batcher sees them together; one future per request."""
+        requests = [Request(np.asarray(images, dtype=np.float32).reshape(-1, 28, 28)) for images in image_sets]
+        for request in requests:
+            if request.count == 0:
+                request.future.set_result((np.zeros((0, 10), dtype=np.float32), self.predictor().version))
         with self._condition:
             if not self._running:
                 raise RuntimeError("the batcher is not running")
-            self._pending.append(request)
+            self._pending.extend(request for request in requests if request.count)
             self._condition.notify()
-        return request.future
+        return [request.future for request in requests]
 
     def _take_batch(self) -> list[Request]:
         """Wait for the first request, then until the batch is full or its oldest request waited long enough."""

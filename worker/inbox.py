@@ -46,7 +46,17 @@ def process(files: Any, *, runtime: Runtime, job: str, worker: str) -> list[dict
     if not isinstance(files, list):
         files = []
         log.error("job %s: files must be a list of {path, sha256}", job)
-    entries = [_read(entry, settings=settings, runtime=runtime, job=job, worker=worker) for entry in files]
+    entries, unsent = [], []
+    for raw in files:
+        entries.append(_read(raw, settings=settings, runtime=runtime, job=job, worker=worker))
+        if entries[-1].pending is not None:
+            unsent.append(entries[-1].pending)
+        # Files go to the batcher in groups of about a batch: big batches, while later files still
+        # decode during inference of earlier ones.
+        if sum(len(item.images) for item in unsent) >= settings.batch_size:
+            recognition.submit(runtime.batcher, unsent)
+            unsent = []
+    recognition.submit(runtime.batcher, unsent)
     for entry in entries:
         if entry.summary is not None:
             continue
@@ -58,7 +68,7 @@ def process(files: Any, *, runtime: Runtime, job: str, worker: str) -> list[dict
 
 
 def _read(raw: Any, *, settings: Settings, runtime: Runtime, job: str, worker: str) -> InboxFile:
-    """Check one entry, read and hash the file, and queue its glyphs; bad input becomes an error result."""
+    """Check one entry, read and hash the file and normalise it; bad input becomes an error result."""
     relative = raw.get("path") if isinstance(raw, dict) else None
     sha256 = raw.get("sha256") if isinstance(raw, dict) else None
     entry = InboxFile(relative=str(relative), sha256=str(sha256).lower())
@@ -88,8 +98,7 @@ def _read(raw: Any, *, settings: Settings, runtime: Runtime, job: str, worker: s
                 ledger.finish(runtime.redis, relative, entry.sha256, kept=False)
             entry.summary = {"source": relative, "status": STALE, "digits": "", "error": None}
             return entry
-        entry.pending = recognition.start(data, runtime.batcher, max_pixels=settings.max_pixels,
-                                          max_bytes=settings.max_image_bytes)
+        entry.pending = recognition.prepare(data, max_pixels=settings.max_pixels, max_bytes=settings.max_image_bytes)
     except BadInput as error:
         log.info("job %s: %s is bad input: %s", job, relative, error)
         entry.result = results.error_result(relative, f"{type(error).__name__}: {error}", model=model,

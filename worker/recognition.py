@@ -18,20 +18,34 @@ INFERENCE_TIMEOUT_SECONDS = 300.0
 
 @dataclass
 class Pending:
-    """A file whose glyphs are queued in the batcher; boxes and page numbers wait for the probabilities."""
+    """A normalised file: its pages, its glyph images, and once queued the future of their probabilities."""
 
     pages: list  # list[digits.normalise.Page]
-    future: Future
+    images: np.ndarray
+    future: Future | None = None
 
 
-def start(data: bytes, batcher: Batcher, *, max_pixels: int, max_bytes: int) -> Pending:
-    """Normalise a scan and queue all its glyphs as one batcher request; raises BadInput subclasses."""
+def prepare(data: bytes, *, max_pixels: int, max_bytes: int) -> Pending:
+    """Normalise a scan (in the caller's thread, beside inference); raises BadInput subclasses."""
     from digits.normalise import normalise
 
     pages = normalise(data, max_pixels=max_pixels, max_bytes=max_bytes)
     glyphs = [glyph.image for page in pages for glyph in page.glyphs]
     images = np.stack(glyphs).astype(np.float32) if glyphs else np.zeros((0, 28, 28), dtype=np.float32)
-    return Pending(pages=list(pages), future=batcher.submit(images))
+    return Pending(pages=list(pages), images=images)
+
+
+def submit(batcher: Batcher, pending: list[Pending]) -> None:
+    """Queue files together, each as one request (all its glyphs on one weights version)."""
+    for item, future in zip(pending, batcher.submit_many([item.images for item in pending])):
+        item.future = future
+
+
+def start(data: bytes, batcher: Batcher, *, max_pixels: int, max_bytes: int) -> Pending:
+    """Normalise a scan and queue its glyphs."""
+    pending = prepare(data, max_pixels=max_pixels, max_bytes=max_bytes)
+    submit(batcher, [pending])
+    return pending
 
 
 def finish(pending: Pending, *, source: str, sha256: str, worker: str, job: str | None) -> dict[str, Any]:
