@@ -68,12 +68,14 @@ def test_redis_is_persistent_healthy_password_protected_and_not_published(servic
     assert "${REDIS_PASSWORD" in redis["environment"]["REDIS_PASSWORD"]
     assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
     assert "ports" not in redis and "network_mode" not in redis
+    assert redis["user"] == "redis"  # not root
     assert mounts(redis)["/data"] == "redis-data"
 
 
-def test_services_wait_for_a_healthy_redis(services):
+def test_services_wait_for_a_healthy_redis_and_run_as_the_data_owner(services):
     for name in ("worker", "watcher"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert services[name]["user"] == "${RUN_AS:-1000:1000}"
 
 
 def test_volumes_for_inbox_results_and_weights(compose, services):
