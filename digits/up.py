@@ -155,11 +155,13 @@ class Progress:
         if self.interactive:
             self.stream.write("\r" + line + "\x1b[K")
             self.stream.flush()
+            self.last_line = line
         elif line != self.last_line and time.monotonic() - self.last_printed >= 1.0:
+            # Not a terminal (a log file, say): a new line only when something changed, at most once a second.
             self.stream.write(line + "\n")
             self.stream.flush()
             self.last_printed = time.monotonic()
-        self.last_line = line
+            self.last_line = line
 
     def finish(self) -> None:
         if self.interactive and self.last_line:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -224,3 +225,35 @@ def test_services_get_every_setting_through_the_environment(tmp_path):
     assert environment["PATH"] == "/bin"
     assert Settings.load(environ=environment) == settings
     assert Path(environment["DIGITS_INBOX"]).is_absolute()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_line_counts_this_run_and_prints_each_change(tmp_path, monkeypatch):
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        client = server.client()
+        client.mset({"digits:count:ok": 100, "digits:count:no_digit": 5, "digits:count:error": 2})
+        client.hset("digits:ledger", mapping={"a.png": "queued:ab:1", "b.png": "done:cd:1"})
+        stream = io.StringIO()
+        progress = up.Progress(server.url, stream=stream)
+        progress.update()  # the counters before this run are the baseline
+        client.incrby("digits:count:ok", 3)
+        client.incr("digits:count:error")
+        progress.update()  # within a second of the first line: held back...
+        assert stream.getvalue().splitlines() == [
+            "waiting 1 | done 0 | failed 0 | 0.0 images/s | worker starting (loading the model)"]
+        monkeypatch.setattr(progress, "last_printed", 0.0)  # ...until a second has passed
+        progress.update()
+        assert stream.getvalue().splitlines()[-1].startswith("waiting 1 | done 3 | failed 1 | ")
+
+        terminal = _Terminal()
+        live = up.Progress(server.url, stream=terminal)
+        live.update()
+        live.finish()
+        assert terminal.getvalue().startswith("\rwaiting 1 | done 0 | failed 0") and terminal.getvalue().endswith("\n")
+    finally:
+        server.stop()
