@@ -171,12 +171,13 @@ class Progress:
 
 def _lock_state(state: Path):
     """One `digits up` per state folder: two would share one embedded Redis's data files."""
-    handle = open(state / LOCK_FILE, "w")
+    handle = open(state / LOCK_FILE, "a")  # not "w": that would empty the running one's pid first
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
         raise ConfigError(f"another `digits up` is already running with state folder {state}") from None
+    handle.truncate(0)
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
