@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from digits.children import Child
 from digits.embedded_redis import LOCK_FILE, EmbeddedRedis
-from digits.errors import ConfigError, DigitsError
+from digits.errors import ConfigError, DigitsError, WeightsError
 from digits.settings import Settings, add_flags, env_name, redact_url
 
 log = logging.getLogger(__name__)
@@ -187,8 +187,18 @@ def _files_in(folder: Path) -> int:
     return sum(len(names) for _, _, names in os.walk(folder))
 
 
+def check_weights(settings: Settings) -> None:
+    """Fail at once, before anything starts, rather than when the worker cannot load a model."""
+    from digits.model import current_version
+
+    if current_version(settings.weights) is None:
+        raise WeightsError(f"no weights published in {settings.weights}: train some with `digits train`, "
+                           "or point DIGITS_WEIGHTS (--weights) at a weights folder")
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = absolute_folders(settings)
+    check_weights(settings)
     for name in FOLDERS:
         getattr(settings, name).mkdir(parents=True, exist_ok=True)
     os.chmod(settings.state, 0o700)  # holds the embedded Redis password and data

@@ -16,7 +16,7 @@ import redis
 from conftest import RedisServer, wait_until
 from digits import up
 from digits.embedded_redis import EmbeddedRedis, recorded_url, running_url
-from digits.errors import ConfigError
+from digits.errors import ConfigError, WeightsError
 from digits.settings import Settings
 from service_harness import DIGITS, alive, clean_environment, command_line, descendants, scan_png, small_weights
 
@@ -151,12 +151,13 @@ def test_digits_up_recognises_dropped_scans_stops_cleanly_on_ctrl_c_and_resumes(
     assert not [pid for pid in family if alive(pid)]
 
 
-def test_digits_up_with_a_broker_url_starts_no_redis_and_stops_on_sigterm(tmp_path):
+def test_digits_up_with_a_broker_url_starts_no_redis_and_stops_on_sigterm(tmp_path, weights):
     server = RedisServer(tmp_path / "redis").start()
     try:
         site = tmp_path / "site"
         site.mkdir()
-        run = Up(site, clean_environment(DIGITS_BROKER_URL=server.url, DIGITS_DEVICE="cpu"))
+        run = Up(site, clean_environment(DIGITS_BROKER_URL=server.url, DIGITS_DEVICE="cpu",
+                                         DIGITS_WEIGHTS=str(weights)))
         run.wait_for("drop scans into", timeout=60)
         family = descendants(run.process.pid)
         commands = [command_line(pid) for pid in family]
@@ -169,10 +170,18 @@ def test_digits_up_with_a_broker_url_starts_no_redis_and_stops_on_sigterm(tmp_pa
         server.stop()
 
 
-def test_services_stop_by_themselves_when_digits_up_is_killed(tmp_path):
+def test_digits_up_without_weights_says_so_and_starts_nothing(tmp_path):
+    done = subprocess.run([DIGITS, "up"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env=clean_environment(DIGITS_WEIGHTS=str(tmp_path / "no-weights")))
+    assert done.returncode == WeightsError.exit_code
+    assert "no weights published" in done.stderr and "digits train" in done.stderr
+    assert not (tmp_path / "inbox").exists()
+
+
+def test_services_stop_by_themselves_when_digits_up_is_killed(tmp_path, weights):
     site = tmp_path / "site"
     site.mkdir()
-    run = Up(site, clean_environment(DIGITS_DEVICE="cpu"))
+    run = Up(site, clean_environment(DIGITS_DEVICE="cpu", DIGITS_WEIGHTS=str(weights)))
     run.wait_for("drop scans into", timeout=60)
     family = descendants(run.process.pid)
     assert len(family) >= 3  # redis-server, worker, watcher
