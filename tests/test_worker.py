@@ -215,3 +215,12 @@ def test_a_new_version_is_picked_up_and_a_broken_one_refused_without_restart(wor
                message="broken-3 refused")
     assert served_model() == "next-2"
     assert worker.process.poll() is None
+
+
+def test_a_worker_without_loadable_weights_exits_instead_of_taking_jobs(tmp_path, redis_with_password):
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", DIGITS_DEVICE="cpu")
+    completed = subprocess.run([sys.executable, "-m", "digits", "worker", "--weights", str(tmp_path),
+                                "--broker-url", redis_with_password.url], cwd=tmp_path, env=environment,
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 5, completed.stderr[-2000:]
+    assert "no weights published" in completed.stderr

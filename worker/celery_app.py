@@ -7,7 +7,7 @@ import logging
 from celery import Celery, concurrency, signals
 from celery.worker.control import inspect_command
 
-from digits.errors import ConfigError
+from digits.errors import ConfigError, DigitsError
 from digits.settings import Settings
 from worker import runtime
 
@@ -64,13 +64,17 @@ configure(Settings.load())
 @signals.worker_init.connect
 def load_model_before_taking_jobs(sender=None, **kwargs) -> None:
     """Load and warm the model in the process that runs inference, before the consumer starts."""
-    pool = concurrency.get_implementation(sender.pool_cls)
-    if pool not in [concurrency.get_implementation(name) for name in SAFE_POOLS]:
-        # prefork would load TensorFlow in the parent and fork it, which TensorFlow does not survive.
-        raise ConfigError(f"the digits worker needs --pool threads or solo, not {pool.__module__}")
-    settings = runtime.settings()
-    settings.log_once("worker")
-    runtime.start()
+    try:
+        pool = concurrency.get_implementation(sender.pool_cls)
+        if pool not in [concurrency.get_implementation(name) for name in SAFE_POOLS]:
+            # prefork would load TensorFlow in the parent and fork it, which TensorFlow does not survive.
+            raise ConfigError(f"the digits worker needs --pool threads or solo, not {pool.__module__}")
+        runtime.settings().log_once("worker")
+        runtime.start()
+    except DigitsError as error:
+        # Celery logs and swallows exceptions from signal handlers; a worker without a model must not run.
+        log.critical("worker cannot start: %s", error)
+        raise SystemExit(error.exit_code) from None
 
 
 @signals.worker_shutdown.connect
