@@ -121,7 +121,7 @@ class Progress:
         if self.baseline is None:
             self.baseline = counted
         now = time.monotonic()
-        if now - self.workers_asked >= WORKERS_ASKED_EVERY:
+        if self.model == "starting" or now - self.workers_asked >= WORKERS_ASKED_EVERY:
             self.workers_asked = now
             self._ask_workers(status)
         done = counted["ok"] + counted["no_digit"] - self.baseline["ok"] - self.baseline["no_digit"]

@@ -112,7 +112,8 @@ def test_digits_up_recognises_dropped_scans_stops_cleanly_on_ctrl_c_and_resumes(
         wait_until(lambda: (site / "processed" / name).is_file(), timeout=30, message=f"{name} in processed/")
     assert result_of(site, "broken.png")["status"] == "error"
     wait_until(lambda: (site / "failed" / "broken.png").is_file(), timeout=30, message="broken.png in failed/")
-    first.wait_for("done 4 | failed 1", timeout=30)  # the live progress line counted them
+    first.wait_for("done 4 | failed 1", timeout=30)  # the live progress line counted them...
+    first.wait_for(f"model {(weights / 'CURRENT').read_text().strip()}", timeout=30)  # ...and names the model
 
     family = descendants(first.process.pid)
     commands = [command_line(pid) for pid in family]
@@ -252,10 +253,12 @@ def test_progress_line_counts_this_run_and_prints_each_change(tmp_path, monkeypa
         client.hset("digits:ledger", mapping={"a.png": "queued:ab:1", "b.png": "done:cd:1"})
         stream = io.StringIO()
         progress = up.Progress(server.url, stream=stream)
+        monkeypatch.setattr(progress, "_ask_workers", lambda status: None)  # no worker here
         progress.update()  # the counters before this run are the baseline
         client.incrby("digits:count:ok", 3)
         client.incr("digits:count:error")
-        progress.update()  # within a second of the first line: held back...
+        progress.last_printed = time.monotonic()
+        progress.update()  # within a second of the last line: held back...
         assert stream.getvalue().splitlines() == [
             "waiting 1 | done 0 | failed 0 | 0.0 images/s | worker starting (loading the model)"]
         monkeypatch.setattr(progress, "last_printed", 0.0)  # ...until a second has passed
@@ -264,6 +267,7 @@ def test_progress_line_counts_this_run_and_prints_each_change(tmp_path, monkeypa
 
         terminal = _Terminal()
         live = up.Progress(server.url, stream=terminal)
+        monkeypatch.setattr(live, "_ask_workers", lambda status: None)
         live.update()
         live.finish()
         assert terminal.getvalue().startswith("\rwaiting 1 | done 0 | failed 0") and terminal.getvalue().endswith("\n")
