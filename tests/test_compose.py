@@ -75,6 +75,7 @@ def test_redis_is_persistent_healthy_password_protected_and_not_published(servic
 def test_services_wait_for_a_healthy_redis_and_run_as_the_data_owner(services):
     for name in ("worker", "watcher"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+    for name in ("worker", "watcher", "trainer"):  # one user: the workers read what the trainer writes
         assert services[name]["user"] == "${RUN_AS:-1000:1000}"
 
 
