@@ -194,7 +194,7 @@ def test_pickle_messages_are_refused(worker, client):
 
 
 def test_digits_info_reports_device_model_and_batches(worker, client, weights):
-    replies = client.control.inspect(timeout=5)._request("digits_info")
+    replies = client.control.inspect(timeout=10, limit=1)._request("digits_info")
     (info,) = replies.values()
     assert info["device"] == "CPU" and info["model"] == weights[1]
     assert info["images"] > 0 and info["batches"] > 0 and info["average_batch_size"] > 1
