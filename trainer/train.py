@@ -41,7 +41,7 @@ def _geometric_layers(seed: int):
     return [
         layers.RandomRotation(12 / 360, fill_mode="constant", seed=seed),
         layers.RandomZoom((-0.15, 0.15), fill_mode="constant", seed=seed + 1),
-        layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed + 2),
+        layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=seed + 2),
     ]
 
 
