@@ -69,7 +69,11 @@ def load_model_before_taking_jobs(sender=None, **kwargs) -> None:
         if pool not in [concurrency.get_implementation(name) for name in SAFE_POOLS]:
             # prefork would load TensorFlow in the parent and fork it, which TensorFlow does not survive.
             raise ConfigError(f"the digits worker needs --pool threads or solo, not {pool.__module__}")
-        runtime.settings().log_once("worker")
+        settings = runtime.settings()
+        settings.log_once("worker")
+        if settings.log_level.upper() != "DEBUG":
+            # Celery logs every task's return value at INFO: whole result objects, many per second.
+            logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
         runtime.start()
     except DigitsError as error:
         # Celery logs and swallows exceptions from signal handlers; a worker without a model must not run.
