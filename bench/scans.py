@@ -49,6 +49,7 @@ class Scan:
     data: bytes
     labels: tuple[str, ...]
     variant: str
+    sources: tuple[tuple[int, ...], ...]  # the MNIST test indexes drawn on each page
 
 
 @functools.lru_cache(maxsize=1)
@@ -70,15 +71,17 @@ def scans(count: int, *, seed: int = 0, digits: tuple[int, int] = (1, 1)) -> lis
         random = np.random.default_rng([seed, index, digits[0], digits[1]])
         name, image_format, mode, options = VARIANTS[(index + seed) % len(VARIANTS)]
         page_count = int(random.integers(2, 4)) if name == "tiff-multipage" else 1
-        pages, page_labels = [], []
+        pages, page_labels, sources = [], [], []
         for _ in range(page_count):
             length = int(random.integers(digits[0], digits[1] + 1))
             chosen = order[(cursor + np.arange(length)) % len(order)]
             cursor += length
             pages.append(render_page([images[i] for i in chosen], random, transparent=mode in TRANSPARENT))
             page_labels.append("".join(str(int(labels[i])) for i in chosen))
+            sources.append(tuple(int(i) for i in chosen))
         data = encode(pages, random, name=name, image_format=image_format, mode=mode, options=options)
-        result.append(Scan(f"{index:05d}-{name}.{EXTENSIONS[image_format]}", data, tuple(page_labels), name))
+        result.append(Scan(f"{index:05d}-{name}.{EXTENSIONS[image_format]}", data, tuple(page_labels), name,
+                           tuple(sources)))
     return result
 
 
@@ -103,8 +106,8 @@ def ink_of(digit: np.ndarray, height: int, random: np.random.Generator) -> np.nd
     scale = height / max(1, bottom - top)
     size = (max(2, round((right - left) * scale)), max(2, round((bottom - top) * scale)))
     large = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.BICUBIC))
-    # Enlarged MNIST is blurry; pen ink is opaque with a soft edge a few pixels wide.
-    firm = np.clip((large - 0.15) / 0.45, 0.0, 1.0)
+    # Ink as dense as MNIST's strokes, a little firmer; faint strokes stay faint rather than vanish.
+    firm = np.clip(large * 1.25, 0.0, 1.0)
     angle = float(random.uniform(-6, 6))
     rotated = Image.fromarray(firm).rotate(angle, Image.Resampling.BICUBIC, expand=True)
     ink = np.clip(np.asarray(rotated), 0.0, 1.0)
@@ -226,7 +229,7 @@ def _to_mode(page: Image.Image, mode: str) -> Image.Image:
     if mode == "1":
         # A scanner's black-and-white mode: a fixed threshold halfway between paper and ink.
         grey = rgb.convert("L")
-        low, high = np.percentile(np.asarray(grey), (0.5, 50))
+        low, high = np.percentile(np.asarray(grey), (0.5, 99.5))  # ink and paper, either polarity
         middle = (low + high) / 2 if high - low > 30 else 128
         return grey.point(lambda value: 255 if value > middle else 0).convert("1", dither=Image.Dither.NONE)
     if mode == "P":

@@ -34,7 +34,7 @@ NOISE_SIGMAS = 6.0  # ink must stand out of the paper noise by this many standar
 SPECK_AREA = 0.04  # components with less ink than this share of the largest are dust
 SPECK_SIZE = 0.25  # ... and so are those smaller in both directions than this share of the tallest
 MIN_GLYPH = 0.05  # a digit is at least this share of the page's short side tall (and at least MIN_SIDE px)
-BORDER_FILL = 0.5  # an edge row or column more than half ink is a scanner border, not a digit
+BORDER_FILL = 0.6  # an edge row or column mostly ink is a scanner border, not a digit
 BORDER_DEPTH = 0.15  # borders are looked for this far in from each edge
 FRAGMENT = 0.7  # a piece less tall than this share of the typical digit is part of a neighbour
 JOIN_GAP = 0.4  # ... when it lies within this share of the typical digit height of it
@@ -297,18 +297,22 @@ def _contrast(signal: np.ndarray) -> float:
 
 
 def _clear_borders(mask: np.ndarray) -> None:
-    """Scanner borders are rows or columns along an edge that are mostly ink; a digit never is."""
+    """Scanner borders are lines along an edge that are mostly ink; a digit's stroke never starts there."""
     height, width = mask.shape
     for axis, size in ((0, height), (1, width)):
         heavy = np.count_nonzero(mask, axis=1 - axis) > BORDER_FILL * mask.shape[1 - axis]  # per row or column
-        depth = max(1, int(size * BORDER_DEPTH))
-        # Clear from the edge to the innermost heavy line within reach, and one more for its soft edge.
-        if heavy[:depth].any():
-            end = int(np.flatnonzero(heavy[:depth])[-1]) + 2
-            mask[(slice(0, end), slice(None))[::1 - 2 * axis]] = False
-        if heavy[size - depth:].any():
-            start = size - depth + int(np.flatnonzero(heavy[size - depth:])[0]) - 1
-            mask[(slice(max(0, start), size), slice(None))[::1 - 2 * axis]] = False
+        depth = max(2, int(size * BORDER_DEPTH))
+        for from_start in (True, False):
+            lines = heavy[:depth] if from_start else heavy[::-1][:depth]
+            if not lines[:2].any():
+                continue
+            # The border runs from the edge (or one line in) to the first line that is not heavy;
+            # one line more takes its soft edge.
+            start = 0 if lines[0] else 1
+            light = np.flatnonzero(~lines[start:])
+            end = start + (int(light[0]) if light.size else lines.size - start) + 1
+            span = slice(0, end) if from_start else slice(max(0, size - end), size)
+            mask[(span, slice(None)) if axis == 0 else (slice(None), span)] = False
 
 
 def _label(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -326,16 +330,13 @@ def _label(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     count = flat.size
     if count == 0:
         return flat, flat
-    number = np.full(framed.size, -1, np.int64)
-    number[flat] = np.arange(count)
-    sources, targets = [], []
-    for step in (1, stride - 1, stride, stride + 1):
-        neighbour = number[flat + step]
-        joined = neighbour >= 0
-        sources.append(np.flatnonzero(joined))
-        targets.append(neighbour[joined])
-    source, target = np.concatenate(sources), np.concatenate(targets)
-    parent = np.arange(count)
+    number = np.full(framed.size, -1, np.int32)
+    number[flat] = np.arange(count, dtype=np.int32)
+    # The four forward neighbours of every ink pixel at once: right, down-left, down, down-right.
+    neighbours = number[flat[None, :] + np.array([[1], [stride - 1], [stride], [stride + 1]])]
+    joined = neighbours >= 0
+    source, target = np.nonzero(joined)[1].astype(np.int32), neighbours[joined]
+    parent = np.arange(count, dtype=np.int32)
     while source.size:
         root_source, root_target = parent[source], parent[target]
         apart = root_source != root_target
