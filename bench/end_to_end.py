@@ -1,0 +1,260 @@
+"""End-to-end throughput, latency, memory and start-up of the local pipeline, against the in-process limit.
+
+    python -m bench.end_to_end [--files 2000] [--runs 3] [--workers 1] [--latency 20] [--sample 40]
+    python -m bench.end_to_end --burst [--files 10000]
+
+Starts the pipeline the way `digits up` does (embedded Redis, worker processes, a watcher) on folders
+in a temporary directory, drops realistic scans (bench/scans.py, single digits, every format) into the
+inbox at once (written beside it, then renamed in), and waits for every result. Each run also measures,
+on the same files, the in-process limit (decode + normalise + batched model calls in this process,
+threaded like a worker, no queue) and, on a sample, the original approach (plain resize, one
+model.predict per image). Figures are medians of the runs; ratios are taken run by run.
+--burst drops 10,000 files once and checks each was processed exactly once, with bounded memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.pipeline import MemorySampler, Pipeline, resident_kib, wait_for
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "digits" / "bench-scans"
+
+
+def scan_pool(count: int, *, seed: int) -> list[tuple[str, bytes, int]]:
+    """Distinct generated single-digit scans (name, bytes, pages), cached on disk: generating is slow."""
+    folder = CACHE / f"single-{seed}-{count}"
+    index = folder / "index.json"
+    if index.exists():
+        entries = json.loads(index.read_text())
+        return [(name, (folder / name).read_bytes(), pages) for name, pages in entries]
+    from bench.scans import single_digits
+
+    print(f"generating {count} scans (cached in {folder}) ...", flush=True)
+    scans = single_digits(count, seed=seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for scan in scans:
+        (folder / scan.name).write_bytes(scan.data)
+    index.write_text(json.dumps([(scan.name, len(scan.labels)) for scan in scans]))
+    return [(scan.name, scan.data, len(scan.labels)) for scan in scans]
+
+
+def files_for(pool: list[tuple[str, bytes, int]], count: int, *, prefix: str) -> list[tuple[str, bytes, int]]:
+    """count files cycling through the pool, each under its own name."""
+    return [(f"{prefix}-{index:05d}-{pool[index % len(pool)][0]}", pool[index % len(pool)][1],
+             pool[index % len(pool)][2]) for index in range(count)]
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}"
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(share * (len(ordered) - 1))))]
+
+
+def start_with_probe(pipeline: Pipeline, probe: tuple[str, bytes, int]) -> float:
+    """Redis and watcher first, a file waiting on the queue, then the workers: seconds to that first result."""
+    pipeline.start_redis()
+    pipeline.start_watcher()
+    names = pipeline.stage([(f"probe-{probe[0]}", probe[1])])
+    pipeline.drop(names)
+    wait_for(lambda: pipeline.client.llen("digits") > 0, timeout=30, what="the probe job on the queue")
+    started = time.monotonic()
+    for _ in range(pipeline.worker_count):
+        pipeline.start_worker()
+    finished = pipeline.wait_done(1, timeout=300)
+    pipeline.wait_workers_ready()
+    return finished - started
+
+
+def throughput_run(pipeline: Pipeline, files: list[tuple[str, bytes, int]]) -> float:
+    """Drop files at once, wait for every result; images/s."""
+    names = pipeline.stage([(name, data) for name, data, _ in files])
+    before = pipeline.done()
+    started = time.monotonic()
+    pipeline.drop(names)
+    finished = pipeline.wait_done(before + len(files), timeout=3600)
+    return sum(pages for _, _, pages in files) / (finished - started)
+
+
+def latencies(pipeline: Pipeline, files: list[tuple[str, bytes, int]], *, pause: float) -> list[float]:
+    """Single files into an idle service, one at a time: seconds from the drop to its results file."""
+    measured = []
+    for name, data, _ in files:
+        pipeline.stage([(name, data)])
+        result = pipeline.settings.results / f"{name}.json"
+        time.sleep(pause)  # idle: the previous file's work (move, ledger) is over
+        started = time.monotonic()
+        pipeline.drop([name])
+        while not result.exists():
+            time.sleep(0.0005)
+        measured.append(time.monotonic() - started)
+    return measured
+
+
+def clear_processed(pipeline: Pipeline) -> None:
+    shutil.rmtree(pipeline.settings.processed, ignore_errors=True)
+    pipeline.settings.processed.mkdir()
+
+
+def load_models(settings):
+    """The worker's predictor (for the in-process limit) and the plain Keras model (for the original approach)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from digits import model as weights_store
+    from digits.device import configure
+    from worker.holder import compile_predictor
+
+    configure(settings.device)
+    model, version = weights_store.load(settings.weights)
+    return compile_predictor(model, version), model, version
+
+
+def benchmark(options: argparse.Namespace, pool, root: Path) -> int:
+    from bench.limit import in_process_rate, original_rate
+
+    pipeline = Pipeline(root, workers=options.workers)
+    try:
+        startup = start_with_probe(pipeline, pool[0])
+        settings = pipeline.settings
+        predictor, model, version = load_models(settings)
+        print(f"machine: {machine()}\nmodel {version}; {options.workers} worker process(es), "
+              f"concurrency {settings.concurrency} threads, batch {settings.batch_size}, "
+              f"queue_batch {settings.queue_batch}, ready_delay {settings.ready_delay}s")
+        print(f"worker start-up to first result: {startup:.2f} s")
+        rows = []
+        with MemorySampler(pipeline.pids()) as sampler:
+            for run in range(1, options.runs + 1):
+                files = files_for(pool, options.files, prefix=f"r{run}")
+                end_to_end = throughput_run(pipeline, files)
+                clear_processed(pipeline)
+                limit, _ = in_process_rate([data for _, data, _ in files], predictor=predictor, settings=settings)
+                sample = files[:options.sample]
+                original, _ = original_rate([data for _, data, _ in sample], model=model)
+                waits = latencies(pipeline, files_for(pool, options.latency, prefix=f"l{run}"), pause=0.3)
+                clear_processed(pipeline)
+                rows.append({"end_to_end": end_to_end, "limit": limit, "original": original,
+                             "p50": percentile(waits, 0.5) * 1000, "p95": percentile(waits, 0.95) * 1000})
+                row = rows[-1]
+                print(f"run {run}: end-to-end {end_to_end:7.1f} images/s | in-process limit {limit:7.1f} | "
+                      f"ratio {end_to_end / limit:.2f} | original {original:5.1f} images/s "
+                      f"(x{end_to_end / original:.0f}) | latency p50 {row['p50']:.0f} ms, p95 {row['p95']:.0f} ms",
+                      flush=True)
+        report(rows, sampler=sampler, pipeline=pipeline, options=options, startup=startup)
+    finally:
+        pipeline.stop()
+    return 0
+
+
+def report(rows, *, sampler: MemorySampler, pipeline: Pipeline, options, startup: float) -> None:
+    def median(key):
+        return statistics.median(row[key] for row in rows)
+
+    ratio = statistics.median(row["end_to_end"] / row["limit"] for row in rows)
+    speedup = statistics.median(row["end_to_end"] / row["original"] for row in rows)
+    images = sum(pages for _, _, pages in files_for(options.pool, options.files, prefix=""))
+    print(f"\nmedians of {len(rows)} runs, {options.files} files ({images} images) per run:")
+    print(f"  end-to-end throughput        {median('end_to_end'):8.1f} images/s")
+    print(f"  in-process limit             {median('limit'):8.1f} images/s")
+    print(f"  end-to-end / limit           {ratio:8.2f}      (target >= 0.80)")
+    print(f"  original approach            {median('original'):8.1f} images/s (sample of {options.sample} files)")
+    print(f"  end-to-end / original        {speedup:8.1f} x    (target >= 25)")
+    print(f"  single image, idle: p50      {median('p50'):8.0f} ms        (target <= 150)")
+    print(f"  single image, idle: p95      {median('p95'):8.0f} ms")
+    print(f"  worker start-up to first result {startup:5.2f} s")
+    for name, pid in pipeline.pids().items():
+        print(f"  peak memory {name:<10}       {sampler.peak_mib(name):8.0f} MiB (VmHWM {resident_kib(pid, 'VmHWM') / 1024:.0f})")
+
+
+def burst(options: argparse.Namespace, pool, root: Path) -> int:
+    from digits import ledger, results
+
+    pipeline = Pipeline(root, workers=options.workers)
+    try:
+        pipeline.start()
+        files = files_for(pool, options.files, prefix="b")
+        names = pipeline.stage([(name, data) for name, data, _ in files])
+        print(f"machine: {machine()}\nburst of {len(files)} files ({len(pool)} distinct scans under distinct "
+              f"names), {options.workers} worker process(es)", flush=True)
+        depths = []
+        with MemorySampler(pipeline.pids()) as sampler:
+            before = pipeline.done()
+            started = time.monotonic()
+            pipeline.drop(names)
+            while pipeline.done() < before + len(files):
+                depths.append(pipeline.client.llen("digits"))
+                if time.monotonic() - started > 3600:
+                    raise TimeoutError("the burst did not finish within an hour")
+                time.sleep(0.2)
+            elapsed = time.monotonic() - started
+        time.sleep(1.0)  # the last files' ledger entries are cleared after their results count
+        settings = pipeline.settings
+        rows = [row for row in results.read_rows(settings.results / results.CSV_NAME) if row["source"].startswith("b-")]
+        sources = [row["source"] for row in rows]
+        checks = {
+            "one results file each": all((settings.results / f"{name}.json").is_file() for name in names),
+            "one csv row each": sorted(sources) == sorted(names),
+            "counted once each": pipeline.done() - before == len(files),
+            "all moved to processed": len(os.listdir(settings.processed)) >= len(files)
+                                      and not any((settings.inbox / name).exists() for name in names),
+            "ledger empty": not [path for path in ledger.entries(pipeline.client) if path.startswith("b-")],
+        }
+        images = sum(pages for _, _, pages in files)
+        print(f"{len(files)} files, {images} images in {elapsed:.1f} s: {images / elapsed:.1f} images/s; "
+              f"longest queue {max(depths, default=0)} jobs")
+        for name, passed in checks.items():
+            print(f"  {'ok  ' if passed else 'FAIL'} {name}")
+        for name in pipeline.pids():
+            samples = [value for _, value in sampler.samples[name]]
+            tenth = samples[max(0, len(samples) // 10)] / 1024 if samples else 0
+            print(f"  memory {name:<8}: {tenth:6.0f} MiB a tenth of the way in, peak {sampler.peak_mib(name):6.0f} "
+                  f"MiB, at the end {samples[-1] / 1024 if samples else 0:6.0f} MiB")
+        return 0 if all(checks.values()) else 1
+    finally:
+        pipeline.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=None, help="files per run (default 2000; 10000 with --burst)")
+    parser.add_argument("--runs", type=int, default=3, help="runs; medians are reported")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes")
+    parser.add_argument("--latency", type=int, default=20, help="single files dropped one at a time, per run")
+    parser.add_argument("--sample", type=int, default=40, help="files the original approach reads, per run")
+    parser.add_argument("--distinct", type=int, default=480, help="distinct scans generated (then reused)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--burst", action="store_true", help="the 10,000-file exactly-once and memory check")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    options = parser.parse_args(argv)
+    options.files = options.files or (10_000 if options.burst else 2000)
+    options.pool = pool = scan_pool(options.distinct, seed=options.seed)
+    root = Path(tempfile.mkdtemp(prefix="digits-bench-"))
+    try:
+        return (burst if options.burst else benchmark)(options, pool, root)
+    finally:
+        if options.keep:
+            print(f"folders kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
