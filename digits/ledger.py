@@ -55,14 +55,25 @@ def release(client, files: Iterable[tuple[str, str]]) -> None:
 
 def finish(client, path: str, sha256: str, *, kept: bool) -> None:
     """The worker is done with a file: forget it when it left the inbox, else remember it as done."""
-    _finish(client, [(path, sha256)], state=DONE if kept else "")
+    finish_many(client, [(path, sha256, kept)])
+
+
+def finish_many(client, files: Iterable[tuple[str, str, bool]]) -> None:
+    """finish() for (path, sha256, kept) triples in one round trip."""
+    _run_finish(client, [(path, sha256, DONE if kept else "") for path, sha256, kept in files])
 
 
 def _finish(client, files: Iterable[tuple[str, str]], *, state: str) -> None:
+    _run_finish(client, [(path, sha256, state) for path, sha256 in files])
+
+
+def _run_finish(client, files: list[tuple[str, str, str]]) -> None:
+    if not files:
+        return
     script = client.register_script(_FINISH)
     now = str(int(time.time()))
     pipe = client.pipeline(transaction=False)
-    for path, sha256 in files:
+    for path, sha256, state in files:
         script(keys=[KEY], args=[path, sha256, state, now], client=pipe)
     pipe.execute()
 

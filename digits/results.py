@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import functools
 import io
 import json
 import os
@@ -44,12 +45,19 @@ def check_relative(relative: str) -> PurePosixPath:
 def confined(root: Path, relative: str) -> Path:
     """root/relative, refusing absolute paths, '..' and symlinks whose target lies outside root."""
     check_relative(relative)
-    base = Path(os.path.realpath(root))
+    base = _real_folder(str(root))
     candidate = base.joinpath(*relative.split("/"))
     resolved = Path(os.path.realpath(candidate))
     if resolved == base or base not in resolved.parents:
         raise UnsafePath(f"path {relative!r} leads outside {root}")
     return candidate
+
+
+@functools.lru_cache(maxsize=64)
+def _real_folder(root: str) -> Path:
+    # A service's folders stay put; resolving them once saves a system call per path component per file.
+    # Should one be swapped for a symlink later, its files resolve elsewhere and are refused, never let out.
+    return Path(os.path.realpath(root))
 
 
 def result_path(results: Path, relative: str) -> Path:
@@ -181,11 +189,18 @@ def csv_size(path: Path) -> int:
 
 def append_row(path: Path, result: dict[str, Any]) -> None:
     """Append one row with a single O_APPEND write, so rows of concurrent writers never interleave."""
+    append_rows(path, [result])
+
+
+def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows with one O_APPEND write and one fsync, so rows of concurrent writers never interleave."""
     ensure_csv(path)
-    line = csv_row(result)
+    lines = b"".join(csv_row(result) for result in rows)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:
-        os.write(fd, line)
+        written = os.write(fd, lines)
+        while written < len(lines):  # a short write (a full disk, a signal) continues where it stopped
+            written += os.write(fd, lines[written:])
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -152,6 +152,25 @@ def test_a_file_written_in_pieces_over_two_seconds_is_queued_once_after_its_last
     assert len(queued_files(redis_client)) == 2
 
 
+def test_a_file_moved_into_the_inbox_is_queued_at_once_and_one_copied_in_after_the_quiet_period(
+        tmp_path, inbox, start_watcher, redis_client):
+    (inbox / "sub").mkdir()
+    start_watcher("--ready-delay", "3.0")
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes(b"complete before it appears")
+    dropped = time.monotonic()
+    os.rename(outside, inbox / "sub" / "moved in.png")  # an upload under a temporary name, then renamed
+    wait_for_paths(redis_client, ["sub/moved in.png"], timeout=10)
+    assert time.monotonic() - dropped < 1.5  # well before ready_delay
+
+    (inbox / "written.png").write_bytes(b"written in place")
+    (inbox / "renamed.png.part").write_bytes(b"renamed inside the inbox")
+    os.rename(inbox / "renamed.png.part", inbox / "renamed.png")
+    wait_for_paths(redis_client, ["renamed.png", "sub/moved in.png"], timeout=10)
+    assert "written.png" not in queued_paths(redis_client)  # closed after writing: waits for the quiet period
+    wait_for_paths(redis_client, ["renamed.png", "sub/moved in.png", "written.png"], timeout=10)
+
+
 def test_a_thousand_files_dropped_at_once_are_each_queued_exactly_once_in_few_jobs(tmp_path, inbox, start_watcher,
                                                                                     redis_client):
     watcher = start_watcher("--rescan-interval", "1")

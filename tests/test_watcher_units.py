@@ -55,6 +55,18 @@ def test_a_file_is_ready_only_after_ready_delay_without_events_or_changes():
     assert len(tracker) == 0
 
 
+def test_a_file_moved_in_is_ready_at_once_unless_written_to_afterwards():
+    tracker = ReadinessTracker(ready_delay=1.0)
+    fingerprint, grown = Fingerprint(10, 1, 1, 7), Fingerprint(20, 2, 2, 7)
+    tracker.arrived("moved.png", fingerprint, now=5.0)
+    assert tracker.next_deadline() <= 5.0
+    assert tracker.due(5.0, {"moved.png": fingerprint}.get) == [("moved.png", fingerprint)]
+    tracker.arrived("again.png", fingerprint, now=5.0)
+    tracker.note("again.png", grown, now=5.0, event=True)  # a writer kept it open and wrote on: wait as usual
+    assert tracker.due(5.5, {"again.png": grown}.get) == []
+    assert tracker.due(6.0, {"again.png": grown}.get) == [("again.png", grown)]
+
+
 def test_a_rescan_does_not_restart_the_quiet_period_and_a_vanished_file_is_dropped():
     tracker = ReadinessTracker(ready_delay=1.0)
     fingerprint = Fingerprint(1, 1, 1, 1)

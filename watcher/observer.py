@@ -22,10 +22,14 @@ WATCHED_EVENTS = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileAttr
                   FileDeletedEvent, DirCreatedEvent, DirMovedEvent, DirDeletedEvent]
 
 
+MOVE_PAIRING_SECONDS = 0.05
+
+
 class Notice(Enum):
     """What the main loop is told about a path."""
 
-    CHANGED = "changed"          # created, written, closed after writing, moved in, attributes changed
+    CHANGED = "changed"          # created, written, closed after writing, attributes changed
+    ARRIVED = "arrived"          # renamed or moved into place: complete as it appears
     GONE = "gone"                # deleted or moved away
     FOLDER = "folder"            # a folder appeared (created or moved in): walk it
     FOLDER_GONE = "folder gone"  # a folder disappeared: forget what was under it
@@ -42,15 +46,20 @@ class EventForwarder(FileSystemEventHandler):
         if isinstance(event, (FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileAttribEvent)):
             self.notices.put((Notice.CHANGED, source))
         elif isinstance(event, FileMovedEvent):
-            self.notices.put((Notice.GONE, source))
-            self.notices.put((Notice.CHANGED, os.fsdecode(event.dest_path)))
+            # With full events an end outside the watched tree is empty: moved in from, or out to, elsewhere.
+            if source:
+                self.notices.put((Notice.GONE, source))
+            if event.dest_path:
+                self.notices.put((Notice.ARRIVED, os.fsdecode(event.dest_path)))
         elif isinstance(event, FileDeletedEvent):
             self.notices.put((Notice.GONE, source))
         elif isinstance(event, DirCreatedEvent):
             self.notices.put((Notice.FOLDER, source))
         elif isinstance(event, DirMovedEvent):
-            self.notices.put((Notice.FOLDER_GONE, source))
-            self.notices.put((Notice.FOLDER, os.fsdecode(event.dest_path)))
+            if source:
+                self.notices.put((Notice.FOLDER_GONE, source))
+            if event.dest_path:
+                self.notices.put((Notice.FOLDER, os.fsdecode(event.dest_path)))
         elif isinstance(event, DirDeletedEvent):
             self.notices.put((Notice.FOLDER_GONE, source))
 
@@ -60,11 +69,25 @@ def start_observer(inbox: Path, notices: queue.SimpleQueue, *, polling: bool,
     """A started observer of the whole inbox tree and a description of how it watches."""
     if not polling:
         try:
-            return _start(Observer(), inbox, notices), "native filesystem events"
+            return _start(_native_observer(), inbox, notices), "native filesystem events"
         except OSError as error:  # inotify watch or instance limits reached
             log.warning("native filesystem events unavailable (%s); polling every %ss instead", error,
                         poll_interval)
     return _start(PollingObserver(timeout=poll_interval), inbox, notices), f"polling every {poll_interval}s"
+
+
+def _native_observer() -> BaseObserver:
+    """inotify with full move events (a file moved in from outside the inbox is a move, not a creation)."""
+    try:
+        from watchdog.observers.inotify import InotifyObserver
+        from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+    except ImportError:  # not Linux
+        return Observer()
+    # The kernel reports both halves of a rename together; watchdog holds every moved-away event this
+    # long to pair it, and holds every later event behind it (0.5 s by default: a file dropped just
+    # after the worker moved one out would wait for it).
+    InotifyMoveEventGrouper.delay = MOVE_PAIRING_SECONDS
+    return InotifyObserver(generate_full_events=True)
 
 
 def _start(observer: BaseObserver, inbox: Path, notices: queue.SimpleQueue) -> BaseObserver:

@@ -1,4 +1,4 @@
-"""Readiness: a file is ready once quiet (no write event, same size and mtime) for ready_delay seconds."""
+"""Readiness: a file is ready once quiet (no write event, same size and mtime) for ready_delay seconds, or moved in."""
 
 from __future__ import annotations
 
@@ -40,6 +40,11 @@ class ReadinessTracker:
         elif event or fingerprint != pending.fingerprint:
             pending.fingerprint = fingerprint
             pending.changed_at = now  # its heap entry is moved when it comes due
+
+    def arrived(self, relative: str, fingerprint: Fingerprint, *, now: float) -> None:
+        """A file renamed or moved into place is complete as it appears: due at once, if still unchanged then."""
+        pending = self._pending[relative] = _Pending(fingerprint, now - self.ready_delay)
+        self._schedule(relative, pending)
 
     def forget(self, relative: str) -> None:
         self._pending.pop(relative, None)

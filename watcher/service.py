@@ -108,6 +108,8 @@ class Watcher:
             return
         if kind is Notice.CHANGED:
             self._changed(relative, now=now)
+        elif kind is Notice.ARRIVED:
+            self._changed(relative, now=now, arrived=True)
         elif kind is Notice.GONE:
             self._forget(relative)
         elif kind is Notice.FOLDER:
@@ -158,7 +160,8 @@ class Watcher:
         self.tracker.note(relative, fingerprint, now=now, event=False)
         return False
 
-    def _changed(self, relative: str, *, now: float) -> None:
+    def _changed(self, relative: str, *, now: float, arrived: bool = False) -> None:
+        """A write, close or attribute event (quiet period starts again), or a file moved in (ready at once)."""
         skipped = name_skip(relative, self.settings.extensions)
         if skipped:
             self.skips.report(relative, skipped)
@@ -174,7 +177,10 @@ class Watcher:
             if waiting.fingerprint == fingerprint:
                 return
             self.outbox.discard(relative)  # written to again: not ready any more
-        self.tracker.note(relative, fingerprint, now=now, event=True)
+        if arrived:
+            self.tracker.arrived(relative, fingerprint, now=now)
+        else:
+            self.tracker.note(relative, fingerprint, now=now, event=True)
 
     def _forget(self, relative: str) -> None:
         self.tracker.forget(relative)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import os
@@ -57,13 +58,12 @@ def process(files: Any, *, runtime: Runtime, job: str, worker: str) -> list[dict
             recognition.submit(runtime.batcher, unsent)
             unsent = []
     recognition.submit(runtime.batcher, unsent)
-    for entry in entries:
-        if entry.summary is not None:
-            continue
+    open_entries = [entry for entry in entries if entry.summary is None]
+    for entry in open_entries:
         if entry.pending is not None:
             entry.result = recognition.finish(entry.pending, source=entry.relative, sha256=entry.sha256,
                                               worker=worker, job=job)
-        entry.summary = _conclude(entry, settings=settings, runtime=runtime, job=job)
+    _conclude(open_entries, settings=settings, runtime=runtime, job=job)
     return [entry.summary for entry in entries]
 
 
@@ -133,15 +133,24 @@ def _read_if_current(entry: InboxFile, *, max_bytes: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _conclude(entry: InboxFile, *, settings: Settings, runtime: Runtime, job: str) -> dict[str, Any]:
-    """Results file, csv row (once per job), the original out of the inbox, then the ledger entry."""
-    result = entry.result
-    results.write_json(results.result_path(settings.results, entry.relative), result)
-    record_row(runtime, result, job=job, sha256=entry.sha256)
-    disposition = settings.on_error if result["status"] == results.ERROR else settings.on_success
-    kept = _dispose(entry, disposition=disposition, settings=settings, job=job)
-    ledger.finish(runtime.redis, entry.relative, entry.sha256, kept=kept)
-    return _summary(result)
+def _conclude(entries: list[InboxFile], *, settings: Settings, runtime: Runtime, job: str) -> None:
+    """Results files, csv rows (once per job), the originals out of the inbox, then the ledger entries.
+
+    Each step is done for the whole job before the next, so each file still has its results file and
+    its row before its original moves, and the Redis work is a few round trips per job, not per file.
+    """
+    if not entries:
+        return
+    for entry in entries:
+        results.write_json(results.result_path(settings.results, entry.relative), entry.result)
+    record_rows(runtime, [(entry.result, entry.sha256) for entry in entries], job=job)
+    finished = []
+    for entry in entries:
+        disposition = settings.on_error if entry.result["status"] == results.ERROR else settings.on_success
+        kept = _dispose(entry, disposition=disposition, settings=settings, job=job)
+        finished.append((entry.relative, entry.sha256, kept))
+        entry.summary = _summary(entry.result)
+    ledger.finish_many(runtime.redis, finished)
 
 
 def _dispose(entry: InboxFile, *, disposition: str, settings: Settings, job: str) -> bool:
@@ -166,32 +175,49 @@ def _dispose(entry: InboxFile, *, disposition: str, settings: Settings, job: str
 
 
 def record_row(runtime: Runtime, result: dict[str, Any], *, job: str, sha256: str) -> None:
-    """Append the csv row and count the status exactly once per (job, file), even across redeliveries.
+    """Append the csv row and count the status exactly once per (job, file), even across redeliveries."""
+    record_rows(runtime, [(result, sha256)], job=job)
 
-    A Redis mark first records the csv size ("at:<offset>"), then the row is appended, then the mark
-    becomes "done" together with the counter. A delivery after a crash finds "at:" and looks for its
-    row after that offset, so a crash at any point leaves one row, never none and never two.
+
+def record_rows(runtime: Runtime, rows: list[tuple[dict[str, Any], str]], *, job: str) -> None:
+    """Append the csv rows of (result, sha256) pairs and count them, exactly once per (job, file).
+
+    A Redis mark per file first records the csv size ("at:<offset>"), then the rows are appended in one
+    write, then the marks become "done" together with the counters. A delivery after a crash finds
+    "at:" and looks for its row after that offset, so a crash at any point leaves one row per file,
+    never none and never two. Three round trips for the whole job.
     """
     client = runtime.redis
     csv_path = runtime.settings.results / results.CSV_NAME
-    key = f"{ROW_MARK_PREFIX}{job}:{sha256}:{result['source']}"
     ttl = int(2 * runtime.settings.visibility_timeout + 3600)
-    mark = client.get(key)
-    if mark == DONE:
-        return
-    if mark and mark.startswith(b"at:") and results.has_row(csv_path, offset=int(mark[3:]), job=job,
-                                                              source=result["source"]):
-        _mark_done(client, key, ttl=ttl, status=result["status"])
-        return
-    client.set(key, f"at:{results.csv_size(csv_path)}", ex=ttl)
-    results.append_row(csv_path, result)
-    _mark_done(client, key, ttl=ttl, status=result["status"])
+    keyed = {f"{ROW_MARK_PREFIX}{job}:{sha256}:{result['source']}": result for result, sha256 in rows}
+    marks = client.mget(list(keyed)) if keyed else []
+    appended, found = {}, {}
+    for (key, result), mark in zip(keyed.items(), marks):
+        if mark == DONE:
+            continue
+        if mark and mark.startswith(b"at:") and results.has_row(csv_path, offset=int(mark[3:]), job=job,
+                                                                  source=result["source"]):
+            found[key] = result
+        else:
+            appended[key] = result
+    if appended:
+        offset = results.csv_size(csv_path)
+        pipe = client.pipeline(transaction=False)
+        for key in appended:
+            pipe.set(key, f"at:{offset}", ex=ttl)
+        pipe.execute()
+        results.append_rows(csv_path, list(appended.values()))
+    if appended or found:
+        _mark_done(client, {**found, **appended}, ttl=ttl)
 
 
-def _mark_done(client, key: str, *, ttl: int, status: str) -> None:
+def _mark_done(client, keyed: dict[str, dict[str, Any]], *, ttl: int) -> None:
     pipe = client.pipeline(transaction=True)
-    pipe.set(key, DONE, ex=ttl)
-    pipe.incr(COUNTER_PREFIX + status)
+    for key in keyed:
+        pipe.set(key, DONE, ex=ttl)
+    for status, count in collections.Counter(result["status"] for result in keyed.values()).items():
+        pipe.incrby(COUNTER_PREFIX + status, count)
     pipe.execute()
 
 
