@@ -10,7 +10,7 @@ import statistics
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageChops, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from digits.errors import EmptyFile, ImageTooLarge, ImageTooSmall, NotAnImage, UnsupportedImage
 
@@ -25,7 +25,10 @@ MIN_SIDE = 8  # fewer pixels than this cannot hold a recognisable digit
 FIELD = 28  # MNIST's image side
 BOX = 20  # MNIST fitted each digit's bounding box into 20x20 keeping its aspect ratio
 ANALYSIS_PIXELS = 12_000  # pages are searched for ink at about this size: cheap and still fine enough
-FINE_PIXELS = 1_500_000  # JPEGs larger than this are decoded reduced (draft); digits stay well over 20 px
+FINE_PIXELS = 1_500_000  # 16-bit pages larger than this are reduced before float work
+# JPEGs are decoded scaled by 1/2, 1/4 or 1/8 (draft) to no fewer pixels than this: pages are searched
+# at ANALYSIS_PIXELS anyway, and a digit 80 px tall on a typical 150,000-pixel page keeps 40 px.
+JPEG_PIXELS = 40_000
 ANALYSIS_GLYPH = 20  # digits at least this tall on the reduced page are fitted from it
 GLYPH_SIDE = 80  # a glyph crop is reduced to at most this before float work
 BACKGROUND_CELLS = 16  # paper is estimated on a grid this many cells along the long side
@@ -135,8 +138,8 @@ def _decode_page(image: Image.Image, index: int, *, max_pixels: int) -> tuple[Im
                                 f"{MIN_SIDE}x{MIN_SIDE}")
         if image.format in ("JPEG", "MPO"):
             # The JPEG decoder gives grey without colour conversion, and scales by 1/2, 1/4 or 1/8
-            # almost for free; large photos come out no smaller than FINE_PIXELS.
-            factor = max(1.0, math.sqrt(width * height / FINE_PIXELS))
+            # almost for free; pages come out no smaller than JPEG_PIXELS.
+            factor = max(1.0, math.sqrt(width * height / JPEG_PIXELS))
             image.draft("L", (math.ceil(width / factor), math.ceil(height / factor)))
         image.load()  # decode here, where a corrupt file is caught, not lazily later
         scale = width / image.size[0]
@@ -200,7 +203,7 @@ class _Analysis:
 
     factor: int  # fine pixels per analysis pixel
     dark_ink: bool
-    background: np.ndarray  # ink-bright paper level at analysis size
+    paper: np.ndarray  # the paper's grey level at analysis size
     signal: np.ndarray  # ink above paper at analysis size
     groups: np.ndarray  # int32 at analysis size: the group number (from 1) of each pixel, 0 for paper
     boxes: list[tuple[int, int, int, int]]  # per group, analysis pixels, left to right
@@ -224,10 +227,9 @@ def _analyse(grey: Image.Image) -> _Analysis | None:
     factor = max(1, math.ceil(math.sqrt(width * height / ANALYSIS_PIXELS)))
     small = grey.reduce(factor) if factor > 1 else grey
     dark_ink = _dark_ink(small)
-    if dark_ink:
-        small = ImageChops.invert(small)  # from here on ink is bright and paper dark, as in MNIST
-    background = _background(small)
-    signal = np.asarray(small, dtype=np.float32) - background
+    paper = _paper(small, dark_ink=dark_ink)
+    # Signal is ink above paper, whatever the polarity: bright strokes on black, as in MNIST.
+    signal = paper - np.asarray(small, dtype=np.float32) if dark_ink else np.asarray(small, dtype=np.float32) - paper
     sigma = _noise(signal)
     contrast = _contrast(signal)
     if contrast < max(MIN_CONTRAST, NOISE_SIGMAS * sigma):
@@ -244,7 +246,7 @@ def _analyse(grey: Image.Image) -> _Analysis | None:
                            min_height=max(MIN_SIDE, MIN_GLYPH * min(width, height)) / factor)
     if not boxes:
         return None
-    return _Analysis(factor, dark_ink, background, signal, groups, boxes, sigma)
+    return _Analysis(factor, dark_ink, paper, signal, groups, boxes, sigma)
 
 
 def _dark_ink(small: Image.Image) -> bool:
@@ -260,15 +262,19 @@ def _dark_ink(small: Image.Image) -> bool:
     return median - low >= high - median
 
 
-def _background(ink: Image.Image) -> np.ndarray:
-    """Paper level (ink bright) that follows uneven lighting: cell means, the lowest nearby, smoothed."""
-    width, height = ink.size
+def _paper(page: Image.Image, *, dark_ink: bool) -> np.ndarray:
+    """The paper's level, following uneven lighting: cell means, the palest nearby, smoothed."""
+    width, height = page.size
     cell = max(1, math.ceil(max(height, width) / BACKGROUND_CELLS))
-    cells = ink.reduce(cell) if cell > 1 else ink
-    # A cell crossed by a stroke reads brighter than paper; the darkest cell around it is paper.
-    paper = np.asarray(cells.filter(ImageFilter.MinFilter(5)).filter(ImageFilter.BoxBlur(1)), dtype=np.float32)
+    cells = page.reduce(cell) if cell > 1 else page
+    # A cell crossed by a stroke reads darker (lighter, for light ink) than paper; the palest cell
+    # around it is paper.
+    palest = ImageFilter.MaxFilter(5) if dark_ink else ImageFilter.MinFilter(5)
+    paper = np.asarray(cells.filter(palest).filter(ImageFilter.BoxBlur(1)), dtype=np.float32)
     # Steps of a cell are a level or two at most after the blur; repeating costs a tenth of resizing.
-    return paper.repeat(cell, axis=0).repeat(cell, axis=1)[:height, :width]
+    rows, cols = paper.shape
+    blocks = np.broadcast_to(paper[:, None, :, None], (rows, cell, cols, cell)).reshape(rows * cell, cols * cell)
+    return blocks[:height, :width]
 
 
 def _quantiles(values: np.ndarray, shares: tuple[float, ...]) -> list[float]:
@@ -479,12 +485,12 @@ def _fine_signal(grey: Image.Image, analysis: _Analysis, member: np.ndarray,
         crop = crop.reduce(shrink)
     size = crop.size
     pixels = np.asarray(crop, dtype=np.float32)
-    ink = 255.0 - pixels if analysis.dark_ink else pixels
-    background = _bilinear(analysis.background[top_a:bottom_a, left_a:right_a], size)
+    paper = _bilinear(analysis.paper[top_a:bottom_a, left_a:right_a], size)
+    ink = paper - pixels if analysis.dark_ink else pixels - paper
     # Membership keeps other digits and dust out; grown by one analysis pixel for the stroke's soft edge.
     member = _grid_max(member)
     member = member[(np.arange(size[1]) * member.shape[0]) // size[1]][:, (np.arange(size[0]) * member.shape[1]) // size[0]]
-    return np.where(member, ink - background, 0.0), fine_box[:2], shrink
+    return np.where(member, ink, 0.0), fine_box[:2], shrink
 
 
 def _bilinear(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
