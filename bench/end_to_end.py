@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.pipeline import MemorySampler, Pipeline, resident_kib, wait_for
+from bench.pipeline import MemorySampler, Pipeline, cpu_seconds, resident_kib, wait_for
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "digits" / "bench-scans"
 
@@ -86,14 +86,18 @@ def start_with_probe(pipeline: Pipeline, probe: tuple[str, bytes, int]) -> float
     return finished - started
 
 
-def throughput_run(pipeline: Pipeline, files: list[tuple[str, bytes, int]]) -> float:
-    """Drop files at once, wait for every result; images/s."""
+def throughput_run(pipeline: Pipeline, files: list[tuple[str, bytes, int]]) -> tuple[float, dict[str, float]]:
+    """Drop files at once, wait for every result; images/s and each process's CPU ms per image."""
     names = pipeline.stage([(name, data) for name, data, _ in files])
+    images = sum(pages for _, _, pages in files)
     before = pipeline.done()
+    pids = pipeline.pids(redis=True)
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     started = time.monotonic()
     pipeline.drop(names)
     finished = pipeline.wait_done(before + len(files), timeout=3600)
-    return sum(pages for _, _, pages in files) / (finished - started)
+    cpu = {name: (cpu_seconds(pid) - cpu_before[name]) * 1000 / images for name, pid in pids.items()}
+    return images / (finished - started), cpu
 
 
 def latencies(pipeline: Pipeline, files: list[tuple[str, bytes, int]], *, pause: float) -> list[float]:
@@ -112,8 +116,10 @@ def latencies(pipeline: Pipeline, files: list[tuple[str, bytes, int]], *, pause:
 
 
 def clear_processed(pipeline: Pipeline) -> None:
+    """Once every original has left the inbox (they move just after their result), empty processed/."""
+    wait_for(lambda: not any(os.scandir(pipeline.settings.inbox)), timeout=120, what="an empty inbox")
     shutil.rmtree(pipeline.settings.processed, ignore_errors=True)
-    pipeline.settings.processed.mkdir()
+    pipeline.settings.processed.mkdir(exist_ok=True)
 
 
 def load_models(settings):
@@ -144,12 +150,15 @@ def benchmark(options: argparse.Namespace, pool, root: Path) -> int:
         with MemorySampler(pipeline.pids()) as sampler:
             for run in range(1, options.runs + 1):
                 files = files_for(pool, options.files, prefix=f"r{run}")
-                end_to_end = throughput_run(pipeline, files)
+                end_to_end, cpu = throughput_run(pipeline, files)
                 clear_processed(pipeline)
-                limit, _ = in_process_rate([data for _, data, _ in files], predictor=predictor, settings=settings)
+                cpu_started = time.process_time()
+                limit, images = in_process_rate([data for _, data, _ in files], predictor=predictor,
+                                                settings=settings)
+                cpu["in-process"] = (time.process_time() - cpu_started) * 1000 / images
                 sample = files[:options.sample]
                 original, _ = original_rate([data for _, data, _ in sample], model=model)
-                waits = latencies(pipeline, files_for(pool, options.latency, prefix=f"l{run}"), pause=0.3)
+                waits = latencies(pipeline, files_for(pool, options.latency, prefix=f"l{run}"), pause=0.5)
                 clear_processed(pipeline)
                 rows.append({"end_to_end": end_to_end, "limit": limit, "original": original,
                              "p50": percentile(waits, 0.5) * 1000, "p95": percentile(waits, 0.95) * 1000})
@@ -157,6 +166,8 @@ def benchmark(options: argparse.Namespace, pool, root: Path) -> int:
                 print(f"run {run}: end-to-end {end_to_end:7.1f} images/s | in-process limit {limit:7.1f} | "
                       f"ratio {end_to_end / limit:.2f} | original {original:5.1f} images/s "
                       f"(x{end_to_end / original:.0f}) | latency p50 {row['p50']:.0f} ms, p95 {row['p95']:.0f} ms",
+                      flush=True)
+                print("       CPU ms per image: " + ", ".join(f"{name} {value:.2f}" for name, value in cpu.items()),
                       flush=True)
         report(rows, sampler=sampler, pipeline=pipeline, options=options, startup=startup)
     finally:

@@ -28,6 +28,16 @@ def resident_kib(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class MemorySampler:
     """Samples the resident memory of some processes every interval seconds, in a thread; keeps every sample."""
 
@@ -118,10 +128,12 @@ class Pipeline:
         if self.redis_server is not None:
             self.redis_server.stop()
 
-    def pids(self) -> dict[str, int]:
+    def pids(self, *, redis: bool = False) -> dict[str, int]:
         found = {child.name: child.pid for child in self.workers}
         if self.watcher is not None:
             found["watcher"] = self.watcher.pid
+        if redis and self.redis_server is not None and self.redis_server.child is not None:
+            found["redis"] = self.redis_server.child.pid
         return found
 
     def done(self) -> int:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import ctypes
 import errno
 import functools
 import io
 import json
 import os
+import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -141,18 +144,71 @@ def error_result(source: str, message: str, *, model: str | None, sha256: str | 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write UTF-8 JSON atomically: a temporary file beside the target, fsync, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    write_json_many([(path, data)])
+
+
+def write_json_many(files: list[tuple[Path, dict[str, Any]]]) -> None:
+    """write_json for several files: every temporary file written, all made durable at once, then each renamed.
+
+    On Linux one syncfs() per filesystem replaces an fsync per file: the journal commit of each fsync
+    costs more CPU than writing the file itself. Elsewhere each file is fsynced.
+    """
+    open_files: list[tuple[int, str]] = []  # (descriptor, temporary name), closed or not
+    renames: list[tuple[str, Path]] = []
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, ensure_ascii=False, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        folders = set()
+        for path, data in files:
+            if path.parent not in folders:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                folders.add(path.parent)
+            fd, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+            open_files.append((fd, temporary))
+            renames.append((temporary, path))
+            _write_all(fd, (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+        devices: dict[int, int] = {}
+        for fd, _ in open_files:
+            devices.setdefault(os.fstat(fd).st_dev, fd)
+        if not all(_sync_filesystem(fd) for fd in devices.values()):
+            for fd, _ in open_files:
+                os.fsync(fd)
+        while open_files:
+            os.close(open_files.pop()[0])
+        for temporary, path in renames:
+            os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        for fd, _ in open_files:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        for temporary, _ in renames:
+            Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    written = 0
+    while written < len(data):  # a short write (a full disk, a signal) continues where it stopped
+        written += os.write(fd, data[written:])
+
+
+def _sync_filesystem(fd: int) -> bool:
+    """syncfs(2) of the filesystem holding fd; False where there is none (not Linux)."""
+    syncfs = _syncfs()
+    if syncfs is None:
+        return False
+    if syncfs(fd) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _syncfs():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
 
 
 def csv_row(result: dict[str, Any]) -> bytes:
@@ -198,9 +254,7 @@ def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     lines = b"".join(csv_row(result) for result in rows)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:
-        written = os.write(fd, lines)
-        while written < len(lines):  # a short write (a full disk, a signal) continues where it stopped
-            written += os.write(fd, lines[written:])
+        _write_all(fd, lines)
         os.fsync(fd)
     finally:
         os.close(fd)

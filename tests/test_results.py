@@ -54,6 +54,17 @@ def test_write_json_is_atomic_and_utf8(tmp_path):
     assert [path.name for path in target.parent.iterdir()] == [target.name]
 
 
+
+def test_several_results_files_are_written_at_once_without_leftovers(tmp_path):
+    targets = [tmp_path / "a.png.json", tmp_path / "2026" / "b.png.json", tmp_path / "2026" / "c ü.png.json"]
+    results.write_json_many([(target, {"source": target.name}) for target in targets])
+    assert [json.loads(target.read_text(encoding="utf-8")) for target in targets] == [
+        {"source": target.name} for target in targets]
+    assert not [path for path in tmp_path.rglob(".tmp-*")]
+    with pytest.raises(TypeError):  # a result that cannot be written leaves no temporary file behind
+        results.write_json_many([(tmp_path / "d.json", {"source": "d"}), (tmp_path / "e.json", {"bad": object()})])
+    assert not [path for path in tmp_path.rglob(".tmp-*")] and not (tmp_path / "d.json").exists()
+
 def test_csv_rows_are_appended_and_found_after_an_offset(tmp_path):
     path = tmp_path / "results.csv"
     result = results.error_result('a "quoted", name.png', "bad", model="v1", sha256="aa", worker="w", job="job-1")

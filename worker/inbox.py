@@ -141,8 +141,8 @@ def _conclude(entries: list[InboxFile], *, settings: Settings, runtime: Runtime,
     """
     if not entries:
         return
-    for entry in entries:
-        results.write_json(results.result_path(settings.results, entry.relative), entry.result)
+    results.write_json_many([(results.result_path(settings.results, entry.relative), entry.result)
+                             for entry in entries])
     record_rows(runtime, [(entry.result, entry.sha256) for entry in entries], job=job)
     finished = []
     for entry in entries:
