@@ -55,6 +55,7 @@ class Watcher:
         self.next_rescan = float("inf")
         self.rescan_requested = False
         self.left_inbox: dict[str, str] = {}  # claimed files that left the inbox: their claims are released
+        self._inbox_prefix = os.path.join(str(inbox), "")
 
     def run(self, stop: threading.Event) -> None:
         """Watch until stop is set; the observer starts before the first scan so no file slips between."""
@@ -313,6 +314,8 @@ class Watcher:
         return max(0.0, min(deadlines) - now)
 
     def _relative(self, absolute: str) -> str | None:
+        if absolute.startswith(self._inbox_prefix) and "/." not in absolute and os.sep == "/":
+            return absolute[len(self._inbox_prefix):] or None  # the common case, without relpath's system calls
         relative = os.path.relpath(absolute, self.inbox)
         if relative == "." or relative.startswith(".." + os.sep) or relative == "..":
             return None
