@@ -46,7 +46,8 @@ class Settings:
     batch_wait_ms: float = _setting(5.0, "Longest the worker waits to fill a batch, in milliseconds")
     queue_batch: int = _setting(32, "Most inbox files the watcher sends in one job")
     queue_wait_ms: float = _setting(20.0, "Longest the watcher waits to fill a job, in milliseconds")
-    ready_delay: float = _setting(1.0, "Seconds a file's size and mtime must stay unchanged before it is queued")
+    ready_delay: float = _setting(1.0, "Seconds a file's size and mtime must stay unchanged before it is "
+                               "queued (a file renamed or moved into the inbox is queued at once)")
     polling: bool = _setting(False, "Poll the inbox instead of native events (network shares)")
     poll_interval: float = _setting(1.0, "Seconds between polls when polling")
     rescan_interval: float = _setting(60.0, "Seconds between full rescans of the inbox (0: never)")
