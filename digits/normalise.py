@@ -251,14 +251,8 @@ def _analyse(grey: Image.Image) -> _Analysis | None:
 
 def _dark_ink(small: Image.Image) -> bool:
     """Paper covers most of a page, so the median is paper; ink lies on the far side of it."""
-    counts = small.histogram()
-    total = sum(counts)
-    marks, found, seen = [0.01 * total, 0.5 * total, 0.99 * total], [], 0
-    for level, count in enumerate(counts):
-        seen += count
-        while len(found) < 3 and seen >= marks[len(found)]:
-            found.append(level)
-    low, median, high = found
+    cumulative = np.cumsum(small.histogram())
+    low, median, high = np.searchsorted(cumulative, cumulative[-1] * np.array([0.01, 0.5, 0.99])).tolist()
     return median - low >= high - median
 
 
@@ -353,7 +347,7 @@ def _label(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         np.minimum.at(parent, np.maximum(root_source, root_target), np.minimum(root_source, root_target))
         while True:
             jumped = parent[parent]
-            if np.array_equal(jumped, parent):
+            if (jumped == parent).all():
                 break
             parent = jumped
     rows, columns = np.divmod(flat, stride)
