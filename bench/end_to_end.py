@@ -233,11 +233,12 @@ def burst(options: argparse.Namespace, pool, root: Path) -> int:
               f"longest queue {max(depths, default=0)} jobs")
         for name, passed in checks.items():
             print(f"  {'ok  ' if passed else 'FAIL'} {name}")
+        print(f"  memory (resident, MiB) at 10%, 25%, 50%, 75% and 100% of the burst's time, and peak:")
         for name in pipeline.pids():
-            samples = [value for _, value in sampler.samples[name]]
-            tenth = samples[max(0, len(samples) // 10)] / 1024 if samples else 0
-            print(f"  memory {name:<8}: {tenth:6.0f} MiB a tenth of the way in, peak {sampler.peak_mib(name):6.0f} "
-                  f"MiB, at the end {samples[-1] / 1024 if samples else 0:6.0f} MiB")
+            samples = [value / 1024 for stamp, value in sampler.samples[name] if stamp >= started] or [0]
+            shares = [samples[min(len(samples) - 1, int(share * len(samples)))] for share in (0.1, 0.25, 0.5, 0.75, 1)]
+            print(f"    {name:<8} " + "  ".join(f"{value:5.0f}" for value in shares)
+                  + f"   peak {max(samples):5.0f}")
         return 0 if all(checks.values()) else 1
     finally:
         pipeline.stop()
