@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     cost = total_time - decode_time
     print(f"{len(scans)} files, {pages} pages, median {statistics.median(pixels):,.0f} pixels; "
           f"medians of {options.runs} runs, CPU time of one process")
-    print(f"{'decode only':<26}{pages / decode_time:>9.0f} images/s per core  {decode_time / pages * 1000:6.2f} ms/image")
-    print(f"{'decode + normalise':<26}{pages / total_time:>9.0f} images/s per core  {total_time / pages * 1000:6.2f} ms/image")
+    for title, seconds in (("decode only", decode_time), ("decode + normalise", total_time)):
+        print(f"{title:<26}{pages / seconds:>9.0f} images/s per core  {seconds / pages * 1000:6.2f} ms/image")
     print(f"{'normalise alone':<26}{'':>9}{'':>20}  {cost / pages * 1000:6.2f} ms/image")
     print(f"normalising costs {cost / decode_time:.2f} times what decoding costs (target: at most 1.00)")
     return 0

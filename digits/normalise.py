@@ -462,7 +462,8 @@ def _glyph(grey: Image.Image, analysis: _Analysis, number: int, box: tuple[int, 
     left, right = int(used_cols[0]), int(used_cols[-1]) + 1
     width, height = grey.size
     page_box = (round((origin[0] + left * step) * scale), round((origin[1] + top * step) * scale),
-                round(min(width, origin[0] + right * step) * scale), round(min(height, origin[1] + bottom * step) * scale))
+                round(min(width, origin[0] + right * step) * scale),
+                round(min(height, origin[1] + bottom * step) * scale))
     return Glyph(_fit(values[top:bottom, left:right]), page_box)
 
 
@@ -483,7 +484,9 @@ def _fine_signal(grey: Image.Image, analysis: _Analysis, member: np.ndarray,
     ink = paper - pixels if analysis.dark_ink else pixels - paper
     # Membership keeps other digits and dust out; grown by one analysis pixel for the stroke's soft edge.
     member = _grid_max(member)
-    member = member[(np.arange(size[1]) * member.shape[0]) // size[1]][:, (np.arange(size[0]) * member.shape[1]) // size[0]]
+    rows = (np.arange(size[1]) * member.shape[0]) // size[1]
+    columns = (np.arange(size[0]) * member.shape[1]) // size[0]
+    member = member[rows][:, columns]  # nearest analysis pixel for every crop pixel
     return np.where(member, ink, 0.0), fine_box[:2], shrink
 
 
@@ -506,12 +509,6 @@ def _grid_max(mask: np.ndarray) -> np.ndarray:
     return result
 
 
-def _resized(array: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
-    if (array.shape[1], array.shape[0]) == size:
-        return array.astype(np.float32, copy=False)
-    return np.asarray(Image.fromarray(array.astype(np.float32)).resize(size, resample), dtype=np.float32)
-
-
 @functools.lru_cache(maxsize=4096)
 def _resampling(size_in: int, size_out: int) -> np.ndarray:
     """Weights that resize one axis with a triangle filter widened by the reduction, as Pillow's BILINEAR does:
@@ -528,7 +525,9 @@ def _resampling(size_in: int, size_out: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=64)
 def _positions(size: int) -> np.ndarray:
-    return np.arange(size, dtype=np.float32)
+    positions = np.arange(size, dtype=np.float32)
+    positions.flags.writeable = False
+    return positions
 
 
 def _fit(ink: np.ndarray) -> np.ndarray:
