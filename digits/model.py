@@ -55,7 +55,7 @@ def _conv_block(x, filters: int, *, strides: int = 1, padding: str = "same"):
     return layers.ReLU()(x)
 
 
-def build_strided_bn(*, steps_per_epoch: int = 390, epochs: int = 20):
+def build_strided_bn(*, steps_per_epoch: int = 390, epochs: int = 30):
     """The team's model: five 3x3 conv blocks with batch norm, downsampling by stride, ~9.3M multiply-adds."""
     import keras
     from keras import layers
@@ -81,6 +81,7 @@ ARCHITECTURES: dict[str, Callable[..., Any]] = {
     "keras-example": build_keras_example,
 }
 DEFAULT_ARCHITECTURE = "strided-bn"
+DEFAULT_EPOCHS = {"strided-bn": 30, "keras-example": 12}
 AUGMENTED = {"strided-bn"}
 
 
@@ -92,7 +93,7 @@ def check_architecture(arch: str) -> None:
         raise ConfigError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
 
 
-def build(arch: str, *, steps_per_epoch: int = 390, epochs: int = 20):
+def build(arch: str, *, steps_per_epoch: int = 390, epochs: int = 30):
     """(model, optimizer) for an architecture name."""
     check_architecture(arch)
     if arch in AUGMENTED:
