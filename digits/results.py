@@ -8,6 +8,7 @@ import ctypes
 import errno
 import functools
 import io
+import itertools
 import json
 import os
 import sys
@@ -161,7 +162,7 @@ def write_json_many(files: list[tuple[Path, dict[str, Any]]]) -> None:
             if path.parent not in folders:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 folders.add(path.parent)
-            fd, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+            fd, temporary = _create_temporary(path.parent)
             open_files.append((fd, temporary))
             renames.append((temporary, path))
             _write_all(fd, (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
@@ -182,6 +183,19 @@ def write_json_many(files: list[tuple[Path, dict[str, Any]]]) -> None:
         for temporary, _ in renames:
             Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _create_temporary(folder: Path) -> tuple[int, str]:
+    """A new hidden .json file in folder, mode 600 like mkstemp's, open for writing (without its random names)."""
+    while True:
+        temporary = os.path.join(folder, f".tmp-{os.getpid()}-{next(_temporary_numbers)}.json")
+        try:
+            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), temporary
+        except FileExistsError:  # left by an earlier process with the same pid
+            continue
+
+
+_temporary_numbers = itertools.count()
 
 
 def _write_all(fd: int, data: bytes) -> None:
