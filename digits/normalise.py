@@ -71,8 +71,8 @@ def normalise(source: bytes | str | os.PathLike, *, max_pixels: int = 40_000_000
     image = _open(data)
     pages = []
     for index in range(_page_count(image)):
-        grey, scale = _decode_page(image, index, max_pixels=max_pixels)
-        pages.append(Page(index, _find_glyphs(grey, scale)))
+        page_image, scale = _decode_page(image, index, max_pixels=max_pixels)
+        pages.append(Page(index, _find_glyphs(page_image, scale)))
     return pages
 
 
@@ -126,7 +126,7 @@ def _page_count(image: Image.Image) -> int:
 
 
 def _decode_page(image: Image.Image, index: int, *, max_pixels: int) -> tuple[Image.Image, float]:
-    """The page as an 8-bit grey image (EXIF orientation applied), and page pixels per grey pixel."""
+    """The page, upright (EXIF), as 8-bit grey or RGB (greyed later), and page pixels per pixel of it."""
     try:
         if index:
             image.seek(index)
@@ -145,7 +145,9 @@ def _decode_page(image: Image.Image, index: int, *, max_pixels: int) -> tuple[Im
         scale = width / image.size[0]
         # exif_transpose copies the whole image even when there is nothing to turn.
         upright = ImageOps.exif_transpose(image) if image.getexif().get(ORIENTATION, 1) != 1 else image
-        grey = _to_grey(upright)
+        # RGB pages turn grey after reduction (see _grey): converting all of a page costs as much as
+        # searching it. Every other mode turns grey here.
+        page_image = upright if upright.mode == "RGB" else _to_grey(upright)
     except (ImageTooLarge, ImageTooSmall, UnsupportedImage):
         raise
     except Image.DecompressionBombError as error:
@@ -154,7 +156,11 @@ def _decode_page(image: Image.Image, index: int, *, max_pixels: int) -> tuple[Im
         raise ImageTooLarge(f"page {index} needs more memory than this process has") from None
     except Exception as error:  # Pillow's decoders raise many kinds for truncated or corrupt data
         raise NotAnImage(f"corrupt or truncated image: {type(error).__name__}: {error}") from None
-    return grey, scale
+    return page_image, scale
+
+
+def _grey(image: Image.Image) -> Image.Image:
+    return image if image.mode == "L" else image.convert("L")
 
 
 def _to_grey(image: Image.Image) -> Image.Image:
@@ -210,22 +216,22 @@ class _Analysis:
     sigma: float
 
 
-def _find_glyphs(grey: Image.Image, scale: float) -> tuple[Glyph, ...]:
-    analysis = _analyse(grey)
+def _find_glyphs(page_image: Image.Image, scale: float) -> tuple[Glyph, ...]:
+    analysis = _analyse(page_image)
     if analysis is None:
         return ()
     glyphs = []
     for number, box in enumerate(analysis.boxes, start=1):
-        glyph = _glyph(grey, analysis, number, box, scale)
+        glyph = _glyph(page_image, analysis, number, box, scale)
         if glyph is not None:
             glyphs.append(glyph)
     return tuple(glyphs)
 
 
-def _analyse(grey: Image.Image) -> _Analysis | None:
-    width, height = grey.size
+def _analyse(page_image: Image.Image) -> _Analysis | None:
+    width, height = page_image.size
     factor = max(1, math.ceil(math.sqrt(width * height / ANALYSIS_PIXELS)))
-    small = grey.reduce(factor) if factor > 1 else grey
+    small = _grey(page_image.reduce(factor) if factor > 1 else page_image)
     dark_ink = _dark_ink(small)
     paper = _paper(small, dark_ink=dark_ink)
     # Signal is ink above paper, whatever the polarity: bright strokes on black, as in MNIST.
@@ -433,7 +439,7 @@ def _join_fragments(merged: list[list[int]]) -> list[list[int]]:
 # --- one digit, the MNIST way ------------------------------------------------------------------
 
 
-def _glyph(grey: Image.Image, analysis: _Analysis, number: int, box: tuple[int, int, int, int],
+def _glyph(page_image: Image.Image, analysis: _Analysis, number: int, box: tuple[int, int, int, int],
            scale: float) -> Glyph | None:
     factor = analysis.factor
     height_a, width_a = analysis.groups.shape
@@ -446,7 +452,7 @@ def _glyph(grey: Image.Image, analysis: _Analysis, number: int, box: tuple[int, 
         signal = np.where(member, analysis.signal[top_a:bottom_a, left_a:right_a], 0.0)
         origin, step = (left_a * factor, top_a * factor), factor
     else:
-        signal, origin, step = _fine_signal(grey, analysis, member, (left_a, top_a, right_a, bottom_a))
+        signal, origin, step = _fine_signal(page_image, analysis, member, (left_a, top_a, right_a, bottom_a))
     strong = signal[signal > 0]
     if strong.size == 0:
         return None
@@ -460,24 +466,25 @@ def _glyph(grey: Image.Image, analysis: _Analysis, number: int, box: tuple[int, 
         return None
     top, bottom = int(used_rows[0]), int(used_rows[-1]) + 1
     left, right = int(used_cols[0]), int(used_cols[-1]) + 1
-    width, height = grey.size
+    width, height = page_image.size
     page_box = (round((origin[0] + left * step) * scale), round((origin[1] + top * step) * scale),
                 round(min(width, origin[0] + right * step) * scale),
                 round(min(height, origin[1] + bottom * step) * scale))
     return Glyph(_fit(values[top:bottom, left:right]), page_box)
 
 
-def _fine_signal(grey: Image.Image, analysis: _Analysis, member: np.ndarray,
+def _fine_signal(page_image: Image.Image, analysis: _Analysis, member: np.ndarray,
                  box: tuple[int, int, int, int]) -> tuple[np.ndarray, tuple[int, int], int]:
     """A digit small on a large page, from the full-resolution page: (signal, its origin, pixels per value)."""
     factor = analysis.factor
     left_a, top_a, right_a, bottom_a = box
-    fine_box = (left_a * factor, top_a * factor, min(grey.size[0], right_a * factor),
-                min(grey.size[1], bottom_a * factor))
-    crop = grey.crop(fine_box)
+    fine_box = (left_a * factor, top_a * factor, min(page_image.size[0], right_a * factor),
+                min(page_image.size[1], bottom_a * factor))
+    crop = page_image.crop(fine_box)
     shrink = max(1, math.ceil(max(crop.size) / GLYPH_SIDE))
     if shrink > 1:
         crop = crop.reduce(shrink)
+    crop = _grey(crop)
     size = crop.size
     pixels = np.asarray(crop, dtype=np.float32)
     paper = _bilinear(analysis.paper[top_a:bottom_a, left_a:right_a], size)
