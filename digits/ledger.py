@@ -49,8 +49,17 @@ def claim(client, files: Iterable[tuple[str, str]]) -> list[bool]:
 
 
 def release(client, files: Iterable[tuple[str, str]]) -> None:
-    """Undo claims whose job could not be sent, so the next scan queues them again."""
-    _finish(client, files, state="")
+    """Undo claims whose job could not be sent, or of files that left the inbox, so they can be queued again.
+
+    Most files that left the inbox were moved out by a worker that has already forgotten them: one
+    HMGET finds the few claims still there, and only those go through the compare-and-delete script.
+    """
+    files = list(files)
+    if not files:
+        return
+    current = lookup(client, [path for path, _ in files])
+    _finish(client, [(path, sha256) for (path, sha256), entry in zip(files, current)
+                     if entry is not None and entry[1] == sha256], state="")
 
 
 def finish(client, path: str, sha256: str, *, kept: bool) -> None:

@@ -143,5 +143,7 @@ class Outbox:
                 for ready in job:
                     del self._claimed_unsent[ready.relative]
                     self._waiting.pop(ready.relative, None)
-                    log.info("queued %s (job %s)", ready.relative, job_id)
                     self.on_settled(ready, True)
+                # One line per job rather than per file: a burst of 10,000 files would log 10,000 records.
+                log.info("queued job %s with %d file(s): %s", job_id, len(job),
+                         ", ".join(ready.relative for ready in job))
