@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import os
+import stat
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -51,6 +52,15 @@ def confined(root: Path, relative: str) -> Path:
     check_relative(relative)
     base = _real_folder(str(root))
     candidate = base.joinpath(*relative.split("/"))
+    if "/" not in relative:
+        # A plain name directly in root leaves it only as a symlink: one lstat instead of realpath's walk.
+        try:
+            if not stat.S_ISLNK(os.lstat(candidate).st_mode):
+                return candidate
+        except FileNotFoundError:
+            return candidate
+        except OSError:
+            pass
     resolved = Path(os.path.realpath(candidate))
     if resolved == base or base not in resolved.parents:
         raise UnsafePath(f"path {relative!r} leads outside {root}")
@@ -301,6 +311,11 @@ def move_aside(original: Path, destination_root: Path, relative: str) -> Path:
     target = confined(destination_root, relative)
     target.parent.mkdir(parents=True, exist_ok=True)
     for candidate in _candidates(target):
+        moved = _rename_no_replace(original, candidate)
+        if moved:
+            return candidate
+        if moved is False:
+            continue
         try:
             # link() refuses an existing name, unlike rename(); follow_symlinks=False moves a link, not its target.
             os.link(original, candidate, follow_symlinks=False)
@@ -316,6 +331,40 @@ def move_aside(original: Path, destination_root: Path, relative: str) -> Path:
         original.unlink()
         return candidate
     raise FileExistsError(f"no free name for {target}")
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def _rename_no_replace(original: Path, candidate: Path) -> bool | None:
+    """One atomic rename that refuses a taken name (Linux renameat2): True when moved, False when the name
+    is taken, None where unsupported (another OS or filesystem, another filesystem's folder)."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return None
+    if renameat2(_AT_FDCWD, os.fsencode(original), _AT_FDCWD, os.fsencode(candidate), _RENAME_NOREPLACE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error == errno.EEXIST:
+        return False
+    if error in (errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EPERM, errno.ENOTSUP):
+        return None
+    raise OSError(error, os.strerror(error), str(original))
+
+
+@functools.lru_cache(maxsize=1)
+def _renameat2():
+    # One system call and one inotify event (a move) instead of link + unlink (attribute change + delete).
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return function
 
 
 def _candidates(target: Path) -> Iterable[Path]:
