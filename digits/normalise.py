@@ -305,6 +305,8 @@ def _contrast(signal: np.ndarray) -> float:
 def _clear_borders(mask: np.ndarray) -> None:
     """Scanner borders are lines along an edge that are mostly ink; a digit's stroke never starts there."""
     height, width = mask.shape
+    if not (mask[:2].any() or mask[-2:].any() or mask[:, :2].any() or mask[:, -2:].any()):
+        return  # no ink within a line of any edge, so no border (the usual page)
     for axis, size in ((0, height), (1, width)):
         heavy = np.count_nonzero(mask, axis=1 - axis) > BORDER_FILL * mask.shape[1 - axis]  # per row or column
         depth = max(2, int(size * BORDER_DEPTH))
