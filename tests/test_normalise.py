@@ -15,12 +15,8 @@ from PIL import Image, ImageDraw
 from digits.errors import BadInput, EmptyFile, ImageTooLarge, ImageTooSmall, NotAnImage, UnsupportedImage
 from digits.normalise import Glyph, Page, normalise
 
+from bench import scans as scan_set
 from conftest import PROJECT_ROOT
-
-if str(PROJECT_ROOT) not in sys.path:  # bench/ is not an installed package; plain `pytest` needs the root
-    sys.path.insert(0, str(PROJECT_ROOT))
-
-from bench import scans as scan_set  # noqa: E402
 
 
 def encoded(image: Image.Image, image_format: str = "PNG", **options) -> bytes:

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from conftest import PROJECT_ROOT
-
-if str(PROJECT_ROOT) not in sys.path:  # bench/ is not an installed package; plain `pytest` needs the root
-    sys.path.insert(0, str(PROJECT_ROOT))
-
-from bench.accuracy import score  # noqa: E402
-from bench.scans import numbers, single_digits  # noqa: E402
+from bench.accuracy import score
+from bench.scans import numbers, single_digits
 
 SINGLES = 300
 NUMBERS = 100
@@ -23,8 +16,7 @@ SEED = 31  # not bench.accuracy's default, so the test and the README figures ar
 def shipped_model(shipped_weights):
     from digits.model import current_version, load
 
-    if current_version(shipped_weights) is None:
-        pytest.skip(f"no weights published in {shipped_weights} (weights/CURRENT); run `digits train`")
+    assert current_version(shipped_weights), f"no weights published in {shipped_weights} (weights/CURRENT)"
     model, _ = load(shipped_weights)
     return model
 
