@@ -19,6 +19,7 @@ from digits.errors import EmptyFile, ImageTooLarge, ImageTooSmall, NotAnImage, U
 FORMATS = {"PNG", "JPEG", "MPO", "TIFF", "BMP", "GIF", "WEBP"}
 MULTI_PAGE_FORMATS = {"TIFF", "GIF", "WEBP"}
 MAX_PAGES = 100
+MAX_DIGITS = 64  # more separate marks than this on one page is text or a pattern, not a written number
 ORIENTATION = 0x0112  # the EXIF tag
 MIN_SIDE = 8  # fewer pixels than this cannot hold a recognisable digit
 
@@ -220,6 +221,9 @@ def _find_glyphs(page_image: Image.Image, scale: float) -> tuple[Glyph, ...]:
     analysis = _analyse(page_image)
     if analysis is None:
         return ()
+    if len(analysis.boxes) > MAX_DIGITS:
+        raise UnsupportedImage(f"{len(analysis.boxes)} separate marks on one page: more than the "
+                               f"{MAX_DIGITS} digits a written number may have")
     glyphs = []
     for number, box in enumerate(analysis.boxes, start=1):
         glyph = _glyph(page_image, analysis, number, box, scale)

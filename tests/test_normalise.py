@@ -333,8 +333,20 @@ def test_odd_shapes_and_contents_never_crash(size, kind):
         pixels[:, ::7] = 10
     elif kind == "speckle":
         pixels = (random.random((height, width)) > 0.5).astype(np.uint8) * 255
-    for page in normalise(encoded(Image.fromarray(pixels))):
+    try:
+        pages = normalise(encoded(Image.fromarray(pixels)))
+    except UnsupportedImage as error:
+        assert "separate marks" in str(error)  # hundreds of bars are not a number
+        return
+    for page in pages:
         assert all(glyph.image.shape == (28, 28) for glyph in page.glyphs)
+
+
+def test_a_page_of_hundreds_of_marks_is_refused_not_read_as_a_number():
+    pixels = np.full((200, 3000), 230, np.uint8)
+    pixels[40:160, ::10] = 10
+    with pytest.raises(UnsupportedImage, match="separate marks on one page"):
+        normalise(encoded(Image.fromarray(pixels)))
 
 
 def test_normalise_needs_no_tensorflow():
