@@ -96,7 +96,7 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
         generator = tf.random.Generator.from_seed(seed)
         geometric = keras.Sequential(_geometric_layers(seed))
         dataset = dataset.map(lambda x, y: (geometric(augment(x, generator), training=True), y),
-                              num_parallel_calls=tf.data.AUTOTUNE)
+                              num_parallel_calls=1)  # one call at a time: the shared generator keeps --seed reproducible
     dataset = dataset.prefetch(2)
 
     progress = Progress(epochs)
