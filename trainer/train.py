@@ -95,8 +95,10 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
     if arch in weights_store.AUGMENTED:
         generator = tf.random.Generator.from_seed(seed)
         geometric = keras.Sequential(_geometric_layers(seed))
+        # One call at a time: parallel calls would draw from the shared generator in any order,
+        # and --seed would no longer reproduce a run.
         dataset = dataset.map(lambda x, y: (geometric(augment(x, generator), training=True), y),
-                              num_parallel_calls=1)  # one call at a time: the shared generator keeps --seed reproducible
+                              num_parallel_calls=1)
     dataset = dataset.prefetch(2)
 
     progress = Progress(epochs)
