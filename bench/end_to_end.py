@@ -1,6 +1,6 @@
 """End-to-end throughput, latency, memory and start-up of the local pipeline, against the in-process limit.
 
-    python -m bench.end_to_end [--files 2000] [--runs 3] [--workers 1] [--latency 20] [--sample 40]
+    python -m bench.end_to_end [--files 2000] [--runs 3] [--workers 2] [--latency 20] [--sample 40]
     python -m bench.end_to_end --burst [--files 10000]
 
 Starts the pipeline the way `digits up` does (embedded Redis, worker processes, a watcher) on folders
@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=None, help="files per run (default 2000; 10000 with --burst)")
     parser.add_argument("--runs", type=int, default=3, help="runs; medians are reported")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes, as `digits up --workers` (default: DIGITS_WORKERS, else 1)")
     parser.add_argument("--latency", type=int, default=20, help="single files dropped one at a time, per run")
     parser.add_argument("--sample", type=int, default=40, help="files the original approach reads, per run")
     parser.add_argument("--distinct", type=int, default=480, help="distinct scans generated (then reused)")
@@ -257,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     options = parser.parse_args(argv)
     options.files = options.files or (10_000 if options.burst else 2000)
+    if options.workers is None:
+        from digits.settings import Settings
+
+        options.workers = Settings.load().workers
     options.pool = pool = scan_pool(options.distinct, seed=options.seed)
     root = Path(tempfile.mkdtemp(prefix="digits-bench-"))
     try:

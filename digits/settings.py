@@ -56,6 +56,8 @@ class Settings:
     extensions: tuple[str, ...] = _setting(DEFAULT_EXTENSIONS, "Comma-separated file extensions the watcher accepts")
     reload_interval: float = _setting(2.0, "Seconds between worker checks for a newly published weights version")
     concurrency: int = _setting(16, "Jobs one worker process handles at once (threads feeding its batcher)")
+    workers: int = _setting(1, "Worker processes `digits up` starts, each with the model loaded. One process "
+                            "uses about one CPU core (Python's GIL): on a CPU-only machine, one per core")
     visibility_timeout: float = _setting(3600.0, "Seconds before Redis hands a job whose worker died to another "
                                          "worker; must exceed the longest job")
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING, ERROR")
@@ -65,7 +67,7 @@ class Settings:
             raise ConfigError(f"on_success/on_error must be one of {', '.join(DISPOSITIONS)}")
         if self.device not in ("auto", "cpu", "gpu"):
             raise ConfigError(f"device must be auto, cpu or gpu, not {self.device!r}")
-        for name in ("max_image_bytes", "max_pixels", "batch_size", "queue_batch", "concurrency"):
+        for name in ("max_image_bytes", "max_pixels", "batch_size", "queue_batch", "concurrency", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         for name in ("batch_wait_ms", "queue_wait_ms", "ready_delay", "poll_interval", "rescan_interval",

@@ -72,7 +72,7 @@ class StopRequest:
         if self.signals > 1 and self.stopping is not None and self.stopping.running():
             # For the worker, Celery's cold shutdown: it stops now and its unfinished jobs are
             # delivered again (acks_late); anything else is simply killed.
-            hurry = signal.SIGQUIT if self.stopping.name == "worker" else signal.SIGKILL
+            hurry = signal.SIGQUIT if self.stopping.name.startswith("worker") else signal.SIGKILL
             log.warning("second stop signal: stopping the %s at once", self.stopping.name)
             try:
                 os.kill(self.stopping.pid, hurry)
@@ -215,10 +215,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             settings = settings.replace(broker_url=redis_server.start())
         settings.log_once("up")
         environment = child_environment(settings)
-        for name, command in (("worker", "worker"), ("watcher", "watch")):
+        for name, arguments in service_commands(settings.workers):
             if stop.event.is_set():
                 break
-            services.append(Child(name, [sys.executable, "-m", "digits", command],
+            services.append(Child(name, [sys.executable, "-m", "digits", *arguments],
                                   log_path=settings.state / f"{name}.log", environment=environment).start())
         _announce(settings)
         watched = services + ([redis_server.child] if redis_server else [])
@@ -230,6 +230,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(f"digits up: stopped. {left} file(s) left in {settings.inbox}"
           + ("; `digits up` again picks them up." if left else "."), flush=True)
     return status
+
+
+def service_commands(workers: int) -> list[tuple[str, list[str]]]:
+    """(name, `digits` arguments) of each service: the workers (worker, worker2, ...), then the watcher."""
+    if workers == 1:
+        commands = [("worker", ["worker"])]
+    else:  # distinct Celery node names, or their control replies (digits status) would collide
+        commands = [("worker" if number == 1 else f"worker{number}", ["worker", "-n", f"worker{number}@%h"])
+                    for number in range(1, workers + 1)]
+    return commands + [("watcher", ["watch"])]
 
 
 def _announce(settings: Settings) -> None:
@@ -259,12 +269,12 @@ def _supervise(services: list[Child], *, stop: StopRequest, url: str, interval: 
 
 def _shut_down(services: list[Child], redis_server: EmbeddedRedis | None, *, stop: StopRequest) -> None:
     """Watcher first (no new jobs), then the worker (warm: jobs in flight finish or go back), then Redis."""
-    by_name = {child.name: child for child in services}
-    for name, timeout in (("watcher", WATCHER_STOP_SECONDS), ("worker", WORKER_STOP_SECONDS)):
-        child = by_name.get(name)
-        if child is not None:
-            stop.stopping = child
-            child.stop(signal_number=signal.SIGTERM, timeout=timeout)
+    watchers = [child for child in services if child.name == "watcher"]
+    workers = [child for child in services if child.name != "watcher"]
+    for child, timeout in [(child, WATCHER_STOP_SECONDS) for child in watchers] + [
+            (child, WORKER_STOP_SECONDS) for child in workers]:
+        stop.stopping = child
+        child.stop(signal_number=signal.SIGTERM, timeout=timeout)
     stop.stopping = None
     if redis_server is not None:
         redis_server.stop()

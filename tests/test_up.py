@@ -273,3 +273,11 @@ def test_progress_line_counts_this_run_and_prints_each_change(tmp_path, monkeypa
         assert terminal.getvalue().startswith("\rwaiting 1 | done 0 | failed 0") and terminal.getvalue().endswith("\n")
     finally:
         server.stop()
+
+
+def test_several_workers_get_their_own_names_and_logs_and_the_watcher_starts_last():
+    from digits.up import service_commands
+
+    assert service_commands(1) == [("worker", ["worker"]), ("watcher", ["watch"])]  # celery@host, worker.log
+    assert service_commands(3) == [("worker", ["worker", "-n", "worker1@%h"]), ("worker2", ["worker", "-n", "worker2@%h"]),
+                                   ("worker3", ["worker", "-n", "worker3@%h"]), ("watcher", ["watch"])]
