@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     if options.workers is None:
         from digits.settings import Settings
 
-        options.workers = Settings.load().workers
+        options.workers = Settings.load().worker_processes
     options.pool = pool = scan_pool(options.distinct, seed=options.seed)
     root = Path(tempfile.mkdtemp(prefix="digits-bench-"))
     try:

@@ -55,9 +55,10 @@ class Settings:
                                     "whose claim it did not send itself (a watcher killed between claim and send)")
     extensions: tuple[str, ...] = _setting(DEFAULT_EXTENSIONS, "Comma-separated file extensions the watcher accepts")
     reload_interval: float = _setting(2.0, "Seconds between worker checks for a newly published weights version")
-    concurrency: int = _setting(16, "Jobs one worker process handles at once (threads feeding its batcher)")
-    workers: int = _setting(1, "Worker processes `digits up` starts, each with the model loaded. One process "
-                            "uses about one CPU core (Python's GIL): on a CPU-only machine, one per core")
+    concurrency: int = _setting(4, "Jobs one worker process handles at once (threads feeding its batcher); "
+                                "more threads than cores only pass Python's GIL around")
+    workers: int = _setting(0, "Worker processes `digits up` starts, each with the model loaded; 0: one per CPU "
+                            "core, at most 4 (one Python process uses about one core)")
     visibility_timeout: float = _setting(3600.0, "Seconds before Redis hands a job whose worker died to another "
                                          "worker; must exceed the longest job")
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING, ERROR")
@@ -67,7 +68,9 @@ class Settings:
             raise ConfigError(f"on_success/on_error must be one of {', '.join(DISPOSITIONS)}")
         if self.device not in ("auto", "cpu", "gpu"):
             raise ConfigError(f"device must be auto, cpu or gpu, not {self.device!r}")
-        for name in ("max_image_bytes", "max_pixels", "batch_size", "queue_batch", "concurrency", "workers"):
+        if self.workers < 0:
+            raise ConfigError("workers must not be negative")
+        for name in ("max_image_bytes", "max_pixels", "batch_size", "queue_batch", "concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         for name in ("batch_wait_ms", "queue_wait_ms", "ready_delay", "poll_interval", "rescan_interval",
@@ -78,6 +81,10 @@ class Settings:
             raise ConfigError("visibility_timeout must be positive")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
+
+    @property
+    def worker_processes(self) -> int:
+        return self.workers or max(1, min(os.cpu_count() or 1, 4))
 
     @property
     def effective_broker_url(self) -> str:

@@ -215,7 +215,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             settings = settings.replace(broker_url=redis_server.start())
         settings.log_once("up")
         environment = child_environment(settings)
-        for name, arguments in service_commands(settings.workers):
+        for name, arguments in service_commands(settings.worker_processes):
             if stop.event.is_set():
                 break
             services.append(Child(name, [sys.executable, "-m", "digits", *arguments],
