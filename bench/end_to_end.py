@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=None, help="files per run (default 2000; 10000 with --burst)")
     parser.add_argument("--runs", type=int, default=3, help="runs; medians are reported")
     parser.add_argument("--workers", type=int, default=None,
-                        help="worker processes, as `digits up --workers` (default: DIGITS_WORKERS, else 1)")
+                        help="worker processes (default: as `digits up`, DIGITS_WORKERS or one per core, at most 4)")
     parser.add_argument("--latency", type=int, default=20, help="single files dropped one at a time, per run")
     parser.add_argument("--sample", type=int, default=40, help="files the original approach reads, per run")
     parser.add_argument("--distinct", type=int, default=480, help="distinct scans generated (then reused)")
