@@ -13,7 +13,7 @@ from conftest import RedisServer, free_port, wait_until
 from digits import up
 from digits.embedded_redis import running_url
 from digits.errors import BadInput, BrokerUnavailable, NoWorkerError
-from service_harness import DIGITS, clean_environment, scan_png, small_weights
+from service_harness import DIGITS, clean_environment, scan_png, shipped_weights_folder
 
 
 def digits(*arguments: str, environment: dict[str, str], timeout: float = 120, cwd: Path | None = None):
@@ -33,7 +33,7 @@ def redis_server(tmp_path_factory):
 def worker(redis_server, tmp_path_factory):
     """A real `digits worker` on the CPU with a small model; yields the environment that reaches it."""
     folder = tmp_path_factory.mktemp("worker")
-    weights = small_weights(tmp_path_factory.getbasetemp() / "service-weights")  # trained once per session
+    weights = shipped_weights_folder()
     environment = clean_environment(DIGITS_BROKER_URL=redis_server.url, DIGITS_WEIGHTS=str(weights),
                                     DIGITS_DEVICE="cpu", DIGITS_CONCURRENCY="4",
                                     DIGITS_INBOX=str(folder / "inbox"), DIGITS_RESULTS=str(folder / "results"))

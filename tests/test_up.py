@@ -18,15 +18,16 @@ from digits import up
 from digits.embedded_redis import EmbeddedRedis, recorded_url, running_url
 from digits.errors import ConfigError, WeightsError
 from digits.settings import Settings
-from service_harness import DIGITS, alive, clean_environment, command_line, descendants, scan_png, small_weights
+from service_harness import (DIGITS, alive, clean_environment, command_line, descendants, scan_png,
+                             shipped_weights_folder)
 
 STARTUP_SECONDS = 180  # TensorFlow start-up on a busy 2-core machine
 STOP_SECONDS = 150
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    return small_weights(tmp_path_factory.getbasetemp() / "service-weights")  # trained once per session
+def weights() -> Path:
+    return shipped_weights_folder()
 
 
 @pytest.fixture(autouse=True)

@@ -68,7 +68,7 @@ def load_result(folder, relative: str) -> dict:
 
 
 def test_a_batch_of_files_yields_the_right_results_files(worker, client, redis_with_password, weights):
-    _, version, shipped = weights
+    _, version = weights
     redis = redis_with_password.client()
     jobs = [put(worker.folder, f"batch/scan {index} of {number}.png", scan_of(number, sample=index % 3))
             for index, number in enumerate(NUMBERS)]
@@ -84,8 +84,7 @@ def test_a_batch_of_files_yields_the_right_results_files(worker, client, redis_w
         assert len(result["details"]) == len(number.replace(" ", ""))
         assert all(len(detail["top"]) == 3 and len(detail["box"]) == 4 for detail in result["details"])
         assert 0 < result["confidence"] <= 1
-        if shipped:  # accuracy is checked against the shipped weights only
-            assert result["digits"] == number, job["path"]
+        assert result["digits"] == number, job["path"]
         assert (worker.folder / "processed" / job["path"]).is_file()
         assert not (worker.folder / "inbox" / job["path"]).exists()
     pages = load_result(worker.folder, "batch/pages.tif")["pages"]
@@ -173,8 +172,7 @@ def test_a_separate_program_with_only_celery_gets_a_result_from_recognize(worker
     result = answer["result"]
     assert result["source"] == "from-elsewhere.png" and result["status"] == "ok" and result["model"] == weights[1]
     assert result["sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
-    if weights[2]:
-        assert result["digits"] == "72"
+    assert result["digits"] == "72"
     assert not any((worker.folder / "results").glob("from-elsewhere*"))
 
 
@@ -202,7 +200,7 @@ def test_digits_info_reports_device_model_and_batches(worker, client, weights):
 
 
 def test_a_new_version_is_picked_up_and_a_broken_one_refused_without_restart(worker, client, weights):
-    folder, version, _ = weights
+    folder, version = weights
     payload = base64.b64encode(scan_of("5")).decode()
 
     def served_model():

@@ -29,7 +29,7 @@ def csv_rows(folder) -> list[dict[str, str]]:
 
 
 def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(tmp_path, redis):
-    weights, _, _ = serving_weights(tmp_path / "weights")
+    weights, _ = serving_weights(tmp_path / "weights")
     client = redis.client()
     app = Celery("test-client", broker=redis.url, backend=redis.url)
     first = WorkerProcess(tmp_path, broker_url=redis.url, weights=weights, name="first",

