@@ -178,3 +178,15 @@ def test_shipped_weights_reach_99_5_percent_on_the_mnist_test_set(shipped_weight
     assert accuracy >= 99.5, first
     assert "10000 MNIST test images" in first
     assert len([line for line in done.stdout.splitlines() if line.strip()[:1].isdigit()]) == 10
+
+
+def test_serving_folds_batch_norms_without_changing_any_answer(shipped_weights, mnist):
+    net, _ = weights_store.load(shipped_weights)
+    served = weights_store.for_inference(net)
+    assert "BatchNormalization" not in {type(layer).__name__ for layer in served.layers}
+    images = mnist.test_x[:2000]
+    original, folded = net.predict(images, batch_size=500, verbose=0), served.predict(images, batch_size=500, verbose=0)
+    assert np.abs(original - folded).max() < 1e-4
+    assert (original.argmax(axis=1) == folded.argmax(axis=1)).all()
+    seed, _ = weights_store.build("keras-example")
+    assert weights_store.for_inference(seed) is seed  # nothing to fold

@@ -25,8 +25,11 @@ class Predictor:
 
 
 def compile_predictor(model, version: str) -> Predictor:
-    """Wrap a Keras model in one traced function for any batch size, and warm it up with one inference."""
+    """Wrap a Keras model (batch norms folded away) in one traced function for any batch size, and warm
+    it up with one inference."""
     import tensorflow as tf
+
+    model = weights_store.for_inference(model)
 
     @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)], reduce_retracing=True)
     def forward(images):
