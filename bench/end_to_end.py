@@ -233,7 +233,7 @@ def burst(options: argparse.Namespace, pool, root: Path) -> int:
               f"longest queue {max(depths, default=0)} jobs")
         for name, passed in checks.items():
             print(f"  {'ok  ' if passed else 'FAIL'} {name}")
-        print(f"  memory (resident, MiB) at 10%, 25%, 50%, 75% and 100% of the burst's time, and peak:")
+        print("  memory (resident, MiB) at 10%, 25%, 50%, 75% and 100% of the burst's time, and peak:")
         for name in pipeline.pids():
             samples = [value / 1024 for stamp, value in sampler.samples[name] if stamp >= started] or [0]
             shares = [samples[min(len(samples) - 1, int(share * len(samples)))] for share in (0.1, 0.25, 0.5, 0.75, 1)]

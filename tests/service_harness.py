@@ -1,38 +1,21 @@
-"""Helpers for the `digits up`, submit and status tests: scan images, a small model, hermetic environments."""
+"""Helpers for the `digits up`, submit and status tests: scan images, the shipped weights, hermetic environments."""
 
 from __future__ import annotations
 
-import functools
-import io
 import os
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from conftest import PROJECT_ROOT
+from worker_harness import mnist_test, paint_scan
 
 DIGITS = str(Path(sys.executable).parent / "digits")  # the installed command, as the README runs it
 
 
-@functools.lru_cache(maxsize=1)
-def _mnist_test():
-    from trainer.data import load_test
-
-    images, labels, _ = load_test()
-    return images, labels
-
-
 def scan_png(index: int) -> tuple[bytes, int]:
     """(PNG bytes, label): MNIST test image `index`, scaled up and inverted to dark ink on white paper."""
-    images, labels = _mnist_test()
-    digit = images[index].reshape(28, 28)
-    ink = (255 - np.clip(np.pad(digit, 16) * 255, 0, 255)).astype(np.uint8)
-    picture = Image.fromarray(ink, "L").resize((ink.shape[1] * 4, ink.shape[0] * 4), Image.BILINEAR)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue(), int(labels[index])
+    images, labels = mnist_test()
+    return paint_scan([images[index]], margin=16), int(labels[index])
 
 
 def shipped_weights_folder() -> Path:

@@ -13,20 +13,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from conftest import PROJECT_ROOT, wait_until
-
-_MNIST: tuple[np.ndarray, np.ndarray] | None = None
-
+from conftest import PROJECT_ROOT, mnist_data, wait_until
 
 def mnist_test() -> tuple[np.ndarray, np.ndarray]:
-    """MNIST test images (N, 28, 28) float 0..1 and labels, loaded once per session."""
-    global _MNIST
-    if _MNIST is None:
-        from trainer.data import load_test
-
-        images, labels, _ = load_test()
-        _MNIST = (images.reshape(-1, 28, 28), labels)
-    return _MNIST
+    """MNIST test images (N, 28, 28) float 0..1 and labels."""
+    data = mnist_data()
+    return data.test_x.reshape(-1, 28, 28), data.test_y
 
 
 def digit_samples(label: int, count: int = 1) -> list[np.ndarray]:
@@ -36,10 +28,15 @@ def digit_samples(label: int, count: int = 1) -> list[np.ndarray]:
 
 def scan_of(digits: str, *, scale: int = 4, sample: int = 0, fmt: str = "PNG") -> bytes:
     """A scan-like image of handwritten MNIST digits: dark ink on white paper, upscaled, with margins."""
-    strips = [digit_samples(int(character), sample + 1)[sample] for character in digits]
+    return paint_scan([digit_samples(int(character), sample + 1)[sample] for character in digits],
+                      scale=scale, fmt=fmt)
+
+
+def paint_scan(strips: list[np.ndarray], *, scale: int = 4, margin: int = 24, fmt: str = "PNG") -> bytes:
+    """MNIST digits side by side, inverted to dark ink on white paper with margins, then upscaled."""
     gap = np.zeros((28, 10), dtype=np.float32)
     row = np.concatenate([part for strip in strips for part in (strip, gap)][:-1], axis=1)
-    page = np.pad(row, 24)
+    page = np.pad(row, margin)
     ink = (255 - np.clip(page * 255, 0, 255)).astype(np.uint8)
     picture = Image.fromarray(ink, "L").resize((ink.shape[1] * scale, ink.shape[0] * scale), Image.BILINEAR)
     buffer = io.BytesIO()
