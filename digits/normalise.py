@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from scipy import ndimage
 
 from digits.errors import EmptyFile, ImageTooLarge, ImageTooSmall, NotAnImage, UnsupportedImage
 
@@ -21,6 +22,9 @@ MULTI_PAGE_FORMATS = {"TIFF", "GIF", "WEBP"}
 MAX_PAGES = 100
 MAX_DIGITS = 64  # more separate marks than this on one page is text or a pattern, not a written number
 ORIENTATION = 0x0112  # the EXIF tag
+# Pages in these modes stay as they are until reduced: Image.reduce takes them, and turning them grey
+# commutes with it. (It takes RGBA and LA too, but premultiplying alpha costs more than compositing.)
+REDUCIBLE = {"L", "RGB", "CMYK"}
 MIN_SIDE = 8  # fewer pixels than this cannot hold a recognisable digit
 
 FIELD = 28  # MNIST's image side
@@ -43,6 +47,7 @@ BORDER_DEPTH = 0.15  # borders are looked for this far in from each edge
 FRAGMENT = 0.7  # a piece less tall than this share of the typical digit is part of a neighbour
 JOIN_GAP = 0.4  # ... when it lies within this share of the typical digit height of it
 OVERLAP = 0.3  # components overlapping horizontally by this share of the narrower are one digit
+_EIGHT_NEIGHBOURS = np.ones((3, 3), bool)  # diagonal steps join a stroke, as a pen draws them
 
 
 @dataclass(frozen=True)
@@ -146,9 +151,9 @@ def _decode_page(image: Image.Image, index: int, *, max_pixels: int) -> tuple[Im
         scale = width / image.size[0]
         # exif_transpose copies the whole image even when there is nothing to turn.
         upright = ImageOps.exif_transpose(image) if image.getexif().get(ORIENTATION, 1) != 1 else image
-        # RGB pages turn grey after reduction (see _grey): converting all of a page costs as much as
-        # searching it. Every other mode turns grey here.
-        page_image = upright if upright.mode == "RGB" else _to_grey(upright)
+        # Pages in a mode Pillow reduces turn grey after reduction (see _grey): converting all of a
+        # page costs as much as searching it. Every other mode turns grey here.
+        page_image = upright if upright.mode in REDUCIBLE else _to_grey(upright)
     except (ImageTooLarge, ImageTooSmall, UnsupportedImage):
         raise
     except Image.DecompressionBombError as error:
@@ -161,7 +166,7 @@ def _decode_page(image: Image.Image, index: int, *, max_pixels: int) -> tuple[Im
 
 
 def _grey(image: Image.Image) -> Image.Image:
-    return image if image.mode == "L" else image.convert("L")
+    return image if image.mode == "L" else _to_grey(image)
 
 
 def _to_grey(image: Image.Image) -> Image.Image:
@@ -175,7 +180,9 @@ def _to_grey(image: Image.Image) -> Image.Image:
         if "transparency" in image.info:
             return _on_white(image.convert("RGBA"))
         return image.convert("L")
-    if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+    if mode in ("LA", "RGBA"):
+        return _on_white(image)
+    if mode in ("La", "PA", "RGBa"):
         return _on_white(image.convert("RGBA"))
     if mode.startswith("I") or mode == "F":
         if mode != "F":
@@ -188,8 +195,10 @@ def _to_grey(image: Image.Image) -> Image.Image:
 
 
 def _on_white(image: Image.Image) -> Image.Image:
-    paper = Image.new("RGBA", image.size, (255, 255, 255, 255))
-    return Image.alpha_composite(paper, image).convert("L")
+    """An LA or RGBA image over white paper, as 8-bit grey."""
+    paper = Image.new("L", image.size, 255)
+    paper.paste(image.convert("L"), mask=image.getchannel("A"))
+    return paper
 
 
 def _stretch(pixels: np.ndarray) -> Image.Image:
@@ -249,11 +258,7 @@ def _analyse(page_image: Image.Image) -> _Analysis | None:
     high = max(NOISE_SIGMAS * sigma, 0.5 * contrast)
     mask = signal > low
     _clear_borders(mask)
-    labels, flat = _label(mask)
-    if labels.size == 0:
-        return None
-    groups, boxes = _group(labels, flat, signal.ravel()[flat] > high, mask.shape,
-                           min_height=max(MIN_SIDE, MIN_GLYPH * min(width, height)) / factor)
+    groups, boxes = _group(mask, signal > high, min_height=max(MIN_SIDE, MIN_GLYPH * min(width, height)) / factor)
     if not boxes:
         return None
     return _Analysis(factor, dark_ink, paper, signal, groups, boxes, sigma)
@@ -274,11 +279,11 @@ def _paper(page: Image.Image, *, dark_ink: bool) -> np.ndarray:
     # A cell crossed by a stroke reads darker (lighter, for light ink) than paper; the palest cell
     # around it is paper.
     palest = ImageFilter.MaxFilter(5) if dark_ink else ImageFilter.MinFilter(5)
-    paper = np.asarray(cells.filter(palest).filter(ImageFilter.BoxBlur(1)), dtype=np.float32)
-    # Steps of a cell are a level or two at most after the blur; repeating costs a tenth of resizing.
-    rows, cols = paper.shape
-    blocks = np.broadcast_to(paper[:, None, :, None], (rows, cell, cols, cell)).reshape(rows * cell, cols * cell)
-    return blocks[:height, :width]
+    paper = cells.filter(palest).filter(ImageFilter.BoxBlur(1))
+    # Steps of a cell are a level or two at most after the blur, so each cell's level is repeated
+    # over its pixels (nearest neighbour: a tenth of the cost of a smooth resize).
+    paper = paper.resize((width, height), Image.Resampling.NEAREST, box=(0, 0, width / cell, height / cell))
+    return np.asarray(paper, dtype=np.float32)
 
 
 def _quantiles(values: np.ndarray, shares: tuple[float, ...]) -> list[float]:
@@ -327,60 +332,20 @@ def _clear_borders(mask: np.ndarray) -> None:
             mask[(span, slice(None)) if axis == 0 else (slice(None), span)] = False
 
 
-def _label(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Connected components (8-neighbours) of a mask: a component root per ink pixel, and the pixels.
-
-    Union by hooking roots to smaller roots and jumping pointers, vectorised over all ink pixels;
-    it settles in a handful of rounds rather than one per pixel of the longest stroke.
-    """
+def _group(mask: np.ndarray, strong: np.ndarray, *, min_height: float
+           ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """Connected ink (8-neighbours), less dust and faint marks, merged where it overlaps horizontally,
+    left to right: the group number (from 1) of each pixel, 0 for paper, and each group's box."""
     height, width = mask.shape
-    # A frame of paper lets every neighbour offset be a plain index step that never wraps a row.
-    framed = np.zeros((height + 2, width + 2), bool)
-    framed[1:-1, 1:-1] = mask
-    stride = width + 2
-    flat = np.flatnonzero(framed.ravel())
-    count = flat.size
+    labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
     if count == 0:
-        return flat, flat
-    number = np.full(framed.size, -1, np.int32)
-    number[flat] = np.arange(count, dtype=np.int32)
-    # The four forward neighbours of every ink pixel at once: right, down-left, down, down-right.
-    neighbours = number[flat[None, :] + np.array([[1], [stride - 1], [stride], [stride + 1]])]
-    joined = neighbours >= 0
-    source, target = np.nonzero(joined)[1].astype(np.int32), neighbours[joined]
-    parent = np.arange(count, dtype=np.int32)
-    while source.size:
-        root_source, root_target = parent[source], parent[target]
-        apart = root_source != root_target
-        if not apart.any():
-            break
-        source, target = source[apart], target[apart]
-        root_source, root_target = root_source[apart], root_target[apart]
-        np.minimum.at(parent, np.maximum(root_source, root_target), np.minimum(root_source, root_target))
-        while True:
-            jumped = parent[parent]
-            if (jumped == parent).all():
-                break
-            parent = jumped
-    rows, columns = np.divmod(flat, stride)
-    return parent, (rows - 1) * width + (columns - 1)
-
-
-def _group(labels: np.ndarray, flat: np.ndarray, strong: np.ndarray, shape: tuple[int, int], *,
-           min_height: float) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
-    """Drop dust and faint marks, merge horizontally overlapping components, order left to right."""
-    height, width = shape
-    # Roots are pixels that are their own parent; numbering them in order needs no sort.
-    is_root = labels == np.arange(labels.size)
-    count = int(is_root.sum())
-    component = (np.cumsum(is_root) - 1)[labels]
-    rows, cols = flat // width, flat % width
-    area = np.bincount(component, minlength=count)
-    has_strong = np.bincount(component, weights=strong, minlength=count) > 0
-    top = np.full(count, height); np.minimum.at(top, component, rows)
-    bottom = np.zeros(count, int); np.maximum.at(bottom, component, rows)
-    left = np.full(count, width); np.minimum.at(left, component, cols)
-    right = np.zeros(count, int); np.maximum.at(right, component, cols)
+        return labels, []
+    slices = ndimage.find_objects(labels)
+    flat = labels.ravel()
+    area = np.bincount(flat, minlength=count + 1)[1:]
+    has_strong = np.bincount(flat[strong.ravel()], minlength=count + 1)[1:] > 0
+    spans = np.array([(rows.start, rows.stop, cols.start, cols.stop) for rows, cols in slices])
+    top, bottom, left, right = spans[:, 0], spans[:, 1] - 1, spans[:, 2], spans[:, 3] - 1
     tall, wide = bottom - top + 1, right - left + 1
     keep = has_strong
     if keep.any():
@@ -406,14 +371,12 @@ def _group(labels: np.ndarray, flat: np.ndarray, strong: np.ndarray, shape: tupl
                 continue
         merged.append([left[index], top[index], right[index], bottom[index], index])
     merged = [group for group in _join_fragments(merged) if group[3] - group[1] + 1 >= min_height]
-    number_of = np.zeros(count + 1, np.int32)
+    number_of = np.zeros(count + 1, np.int32)  # by label; label 0 is paper
     boxes = []
     for number, group in enumerate(merged, start=1):
-        number_of[group[4:]] = number
+        number_of[[index + 1 for index in group[4:]]] = number
         boxes.append((int(group[0]), int(group[1]), int(group[2]) + 1, int(group[3]) + 1))
-    groups = np.zeros(height * width, np.int32)
-    groups[flat] = number_of[component]
-    return groups.reshape(height, width), boxes
+    return number_of[labels], boxes
 
 
 def _join_fragments(merged: list[list[int]]) -> list[list[int]]:
