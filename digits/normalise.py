@@ -155,7 +155,7 @@ def _decode_page(image: Image.Image, index: int, *, max_pixels: int) -> tuple[Im
         upright = ImageOps.exif_transpose(image) if image.getexif().get(ORIENTATION, 1) != 1 else image
         # Pages in a mode Pillow reduces turn grey after reduction (see _grey): converting all of a
         # page costs as much as searching it. Every other mode turns grey here.
-        page_image = upright if upright.mode in REDUCIBLE else _to_grey(upright)
+        page_image = upright if upright.mode in REDUCIBLE else _grey(upright)
     except (ImageTooLarge, ImageTooSmall, UnsupportedImage):
         raise
     except Image.DecompressionBombError as error:
@@ -168,10 +168,6 @@ def _decode_page(image: Image.Image, index: int, *, max_pixels: int) -> tuple[Im
 
 
 def _grey(image: Image.Image) -> Image.Image:
-    return image if image.mode == "L" else _to_grey(image)
-
-
-def _to_grey(image: Image.Image) -> Image.Image:
     """8-bit grey with transparency composited onto white paper."""
     mode = image.mode
     if mode == "L":
