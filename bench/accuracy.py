@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.scans import Scan, numbers, single_digits
-from digits.errors import BadInput
-from digits.normalise import normalise
+from core.errors import BadInput
+from trainer.scans import Scan, numbers, single_digits
+from worker.normalise import normalise
 
 PREDICT_BATCH = 512
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", default=None, help="weights version (default: CURRENT)")
     options = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from digits.model import load
+    from core.weights import load
 
     model, version = load(options.weights, options.version)
     started = time.perf_counter()

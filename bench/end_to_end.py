@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from bench.pipeline import MemorySampler, Pipeline, cpu_seconds, resident_kib, wait_for
+from core import protocol
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "digits" / "bench-scans"
 
@@ -37,7 +38,7 @@ def scan_pool(count: int, *, seed: int) -> list[tuple[str, bytes, int]]:
     if index.exists():
         entries = json.loads(index.read_text())
         return [(name, (folder / name).read_bytes(), pages) for name, pages in entries]
-    from bench.scans import single_digits
+    from trainer.scans import single_digits
 
     print(f"generating {count} scans (cached in {folder}) ...", flush=True)
     scans = single_digits(count, seed=seed)
@@ -77,7 +78,7 @@ def start_with_probe(pipeline: Pipeline, probe: tuple[str, bytes, int]) -> float
     pipeline.start_watcher()
     names = pipeline.stage([(f"probe-{probe[0]}", probe[1])])
     pipeline.drop(names)
-    wait_for(lambda: pipeline.client.llen("digits") > 0, timeout=30, what="the probe job on the queue")
+    wait_for(lambda: pipeline.client.llen(protocol.QUEUE) > 0, timeout=30, what="the probe job on the queue")
     started = time.monotonic()
     for _ in range(pipeline.worker_count):
         pipeline.start_worker()
@@ -125,8 +126,8 @@ def clear_processed(pipeline: Pipeline) -> None:
 def load_models(settings):
     """The worker's predictor (for the in-process limit) and the plain Keras model (for the original approach)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from digits import model as weights_store
-    from digits.device import configure
+    from core import weights as weights_store
+    from core.device import configure
     from worker.holder import compile_predictor
 
     configure(settings.device)
@@ -196,7 +197,10 @@ def report(rows, *, sampler: MemorySampler, pipeline: Pipeline, options, startup
 
 
 def burst(options: argparse.Namespace, pool, root: Path) -> int:
-    from digits import ledger, results
+    import csv
+
+    from core import ledger
+    from worker import results_files as results
 
     pipeline = Pipeline(root, workers=options.workers)
     try:
@@ -211,14 +215,15 @@ def burst(options: argparse.Namespace, pool, root: Path) -> int:
             started = time.monotonic()
             pipeline.drop(names)
             while pipeline.done() < before + len(files):
-                depths.append(pipeline.client.llen("digits"))
+                depths.append(pipeline.client.llen(protocol.QUEUE))
                 if time.monotonic() - started > 3600:
                     raise TimeoutError("the burst did not finish within an hour")
                 time.sleep(0.2)
             elapsed = time.monotonic() - started
         time.sleep(1.0)  # the last files' ledger entries are cleared after their results count
         settings = pipeline.settings
-        rows = [row for row in results.read_rows(settings.results / results.CSV_NAME) if row["source"].startswith("b-")]
+        with open(settings.results / results.CSV_NAME, encoding="utf-8", newline="") as handle:
+            rows = [row for row in csv.DictReader(handle) if row["source"].startswith("b-")]
         sources = [row["source"] for row in rows]
         checks = {
             "one results file each": all((settings.results / f"{name}.json").is_file() for name in names),
@@ -259,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
     options.files = options.files or (10_000 if options.burst else 2000)
     if options.workers is None:
-        from digits.settings import Settings
+        from core.settings import Settings
 
         options.workers = Settings.load().worker_processes
     options.pool = pool = scan_pool(options.distinct, seed=options.seed)

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _predictor(arch: str):
-    from digits.model import build, multiply_adds
+    from trainer.architectures import build, multiply_adds
     from worker.holder import compile_predictor
 
     model, _ = build(arch)
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, gpu or auto")
     args = parser.parse_args(argv)
 
-    from digits.device import configure
+    from core.device import configure
 
     device = configure(args.device)
     print(f"device {device}, batch size {args.batch_size}, {args.images} images x {args.runs} runs, "

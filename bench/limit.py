@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from bench.accuracy import plain_resize
-from digits.errors import BadInput
-from digits.settings import Settings
+from core.errors import BadInput
+from core.settings import Settings
 from worker import recognition
 from worker.batching import Batcher
 

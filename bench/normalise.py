@@ -10,8 +10,8 @@ import time
 
 from PIL import Image
 
-from bench.scans import Scan, numbers, single_digits
-from digits.normalise import normalise
+from trainer.scans import Scan, numbers, single_digits
+from worker.normalise import normalise
 
 
 def decode(data: bytes) -> int:

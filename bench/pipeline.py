@@ -8,12 +8,13 @@ import threading
 import time
 from pathlib import Path
 
-from digits import up
-from digits.children import Child
-from digits.embedded_redis import EmbeddedRedis
-from digits.settings import Settings
+from core import protocol
+from core.settings import Settings
+from digits.local import up
+from digits.local.children import Child
+from digits.local.embedded_redis import EmbeddedRedis
 
-COUNTERS = ("digits:count:ok", "digits:count:no_digit", "digits:count:error")
+COUNTERS = tuple(protocol.COUNTER_KEYS.values())
 
 
 def resident_kib(pid: int, field: str = "VmRSS") -> int:

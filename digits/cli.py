@@ -1,4 +1,8 @@
-"""The `digits` command: parses flags into Settings and dispatches to the services."""
+"""The `digits` command, the one composition root: parses flags into Settings and dispatches to the services.
+
+Nothing imports this package. It imports each service's command module (flags only, nothing heavy) to build
+the parser, and the service itself only when its command runs.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,12 @@ import logging
 import sys
 from pathlib import Path
 
-from digits.errors import DigitsError
-from digits.settings import Settings, add_flags
+from core.device import quiet_tensorflow
+from core.errors import ConfigError, DataError, DigitsError
+from core.settings import Settings, add_flags
 
 log = logging.getLogger("digits")
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     """Any parsed flag whose dest is a Settings field overrides that setting (None means not given)."""
@@ -25,12 +31,25 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
+def _check_data_path(data: Path | None) -> None:
+    if data is not None and not data.exists():
+        raise DataError(f"data path {data} does not exist")
+
+
 def command_train(args: argparse.Namespace, argv: list[str]) -> int:
-    from digits.model import DEFAULT_EPOCHS, check_architecture
+    from core.weights import check_writable
+    from trainer.architectures import DEFAULT_EPOCHS, check_architecture
+
+    # Every argument is checked before TensorFlow loads: a mistake costs a second, not a minute.
+    check_architecture(args.arch)
+    for name in ("epochs", "limit"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be at least 1")
+    _check_data_path(args.data)
+    settings = _settings(args)
+    check_writable(settings.weights)
     from trainer.train import train
 
-    check_architecture(args.arch)
-    settings = _settings(args)
     folder = train(arch=args.arch, epochs=args.epochs or DEFAULT_EPOCHS[args.arch], seed=args.seed,
                    device=settings.device, weights=settings.weights, data=args.data, limit=args.limit,
                    version=args.version, argv=argv)
@@ -39,9 +58,12 @@ def command_train(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def command_eval(args: argparse.Namespace, argv: list[str]) -> int:
+    from core.weights import check_version
     from trainer.evaluate import evaluate, format_report
 
+    _check_data_path(args.data)
     settings = _settings(args)
+    check_version(settings.weights, args.version)
     report = evaluate(weights=settings.weights, version=args.version, data=args.data, device=settings.device)
     print(format_report(report))
     return 0
@@ -50,7 +72,7 @@ def command_eval(args: argparse.Namespace, argv: list[str]) -> int:
 # Each service module exposes add_arguments(parser) and run(args, settings) -> exit status,
 # and imports nothing heavy at module level (the watcher must never pull in TensorFlow).
 SERVICES = {
-    "up": ("digits.up", "run the whole pipeline on this machine (embedded Redis, worker, watcher)"),
+    "up": ("digits.local.up", "run the whole pipeline on this machine (embedded Redis, worker, watcher)"),
     "worker": ("worker.main", "start a Celery worker that keeps the model loaded"),
     "watch": ("watcher.main", "watch the inbox and queue complete files"),
     "submit": ("digits.submit", "send image files to digits.recognize"),
@@ -66,7 +88,7 @@ def _service_runner(module_name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from digits.model import ARCHITECTURES, DEFAULT_ARCHITECTURE
+    from trainer.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE
 
     parser = argparse.ArgumentParser(prog="digits", description="Handwritten-digit recognition for scanned images.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -91,12 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=command_eval)
 
     for name, (module_name, summary) in SERVICES.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as missing:
-            if missing.name != module_name:
-                raise
-            continue  # not built yet
+        module = importlib.import_module(module_name)
         service = commands.add_parser(name, help=summary)
         module.add_arguments(service)
         service.set_defaults(run=_service_runner(module_name))
@@ -106,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    quiet_tensorflow()  # before anything loads TensorFlow, here or in the services this starts
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

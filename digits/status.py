@@ -6,16 +6,11 @@ import argparse
 import json
 from typing import Any
 
-from digits import ledger
-from digits.embedded_redis import running_url
-from digits.errors import BrokerUnavailable, NoWorkerError
-from digits.settings import Settings, add_flags, redact_url
-
-QUEUE = "digits"
-# Kombu's Redis transport keeps messages sent with a priority in extra lists next to the queue.
-PRIORITY_SEPARATOR = "\x06\x16"
-COUNTERS = {"ok": "digits:count:ok", "no_digit": "digits:count:no_digit", "error": "digits:count:error"}
-INFO_COMMAND = "digits_info"
+from core import ledger, protocol
+from core.errors import BrokerUnavailable, NoWorkerError
+from core.protocol import QUEUE
+from core.settings import Settings, add_flags, redact_url
+from digits.local.embedded_redis import running_url
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,28 +31,19 @@ def redis_client(url: str):
 
 
 def celery_client(url: str, *, results: bool = False):
-    """A bare Celery app (nothing of the worker imported) speaking JSON only, like the workers."""
-    from celery import Celery
-
-    app = Celery("digits-client", broker=url, backend=url if results else None, set_as_current=False)
-    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
-                    result_accept_content=["json"], broker_connection_retry_on_startup=False,
-                    broker_connection_max_retries=1)
-    return app
+    """A bare Celery app speaking JSON only, like the workers, that gives up quickly when Redis is down."""
+    return protocol.client_app("digits-client", url, results=results, broker_connection_retry_on_startup=False,
+                               broker_connection_max_retries=1)
 
 
 def queue_depth(client) -> int:
-    """Messages waiting in the `digits` queue (LLEN, plus Kombu's priority lists if any were used)."""
-    names = [QUEUE] + [f"{QUEUE}{PRIORITY_SEPARATOR}{step}" for step in range(1, 10)]
-    pipe = client.pipeline(transaction=False)
-    for name in names:
-        pipe.llen(name)
-    return sum(pipe.execute())
+    """Messages waiting in the `digits` queue (no priorities are used, so Kombu keeps them in one list)."""
+    return int(client.llen(QUEUE))
 
 
 def counts(client) -> dict[str, int]:
-    values = client.mget(list(COUNTERS.values()))
-    return {name: int(value or 0) for name, value in zip(COUNTERS, values)}
+    values = client.mget(list(protocol.COUNTER_KEYS.values()))
+    return {name: int(value or 0) for name, value in zip(protocol.COUNTER_KEYS, values)}
 
 
 def workers(url: str, *, timeout: float = 1.0, limit: int | None = None) -> list[dict[str, Any]]:
@@ -65,7 +51,7 @@ def workers(url: str, *, timeout: float = 1.0, limit: int | None = None) -> list
     app = celery_client(url)
     try:
         with app.connection_for_write() as connection:
-            replies = app.control.broadcast(INFO_COMMAND, reply=True, timeout=timeout, limit=limit,
+            replies = app.control.broadcast(protocol.INFO_COMMAND, reply=True, timeout=timeout, limit=limit,
                                             connection=connection)
     finally:
         app.close()

@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from digits.errors import BadInput, NoWorkerError
-from digits.settings import Settings, add_flags
-from digits.status import QUEUE, broker_url, celery_client
-
-TASK = "digits.recognize"
+from core import protocol
+from core.errors import BadInput, NoWorkerError
+from core.settings import Settings, add_flags
+from digits.status import broker_url, celery_client
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,11 +60,6 @@ def read_image(path: Path, *, max_bytes: int) -> str:
         raise BadInput(f"{path}: {error.strerror or error}") from None
 
 
-def refused(name: str, reason: str) -> dict[str, Any]:
-    """A result line, shaped like the worker's, for a file that never left this machine."""
-    return {"source": name, "status": "error", "digits": "", "confidence": 0.0, "error": reason, "model": None}
-
-
 def run(args: argparse.Namespace, settings: Settings) -> int:
     url = broker_url(settings)
     app = celery_client(url, results=args.wait)
@@ -80,11 +74,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 image = read_image(Path(name), max_bytes=settings.max_image_bytes)
             except BadInput as error:
                 failures += 1
-                pending.append((name, refused(name, str(error))))
+                pending.append((name, protocol.result(name, error=str(error))))
                 if not args.wait:
                     print(f"digits submit: {error}", file=sys.stderr)
                 continue
-            result = app.send_task(TASK, kwargs={"image": image, "name": name}, queue=QUEUE)
+            result = app.send_task(protocol.TASK_RECOGNIZE, kwargs={"image": image, "name": name},
+                                   queue=protocol.QUEUE)
             pending.append((name, result))
             if not args.wait:
                 print(f"{result.id}\t{name}", flush=True)
@@ -114,7 +109,7 @@ def _print_results(pending: list[tuple[str, Any]], *, bar: ProgressBar, timeout:
                 raise NoWorkerError(f"no result for {name} within {timeout:.0f} s "
                                     "(is a worker running? try `digits status`)") from None
             if not isinstance(result, dict):  # the task raised: Celery hands back the exception
-                result = refused(name, f"{type(result).__name__}: {result}")
+                result = protocol.result(name, error=f"{type(result).__name__}: {result}")
         if result.get("status") == "error":
             failures += 1
         print(json.dumps(result, ensure_ascii=False), flush=True)

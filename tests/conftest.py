@@ -130,3 +130,13 @@ def run_digits(*arguments: str, env: dict | None = None, timeout: float = 300, *
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     return subprocess.run([sys.executable, "-m", "digits", *arguments], capture_output=True, text=True,
                           env=environment, timeout=timeout, **options)
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    """Every row of a results.csv as a dict; none when it does not exist yet."""
+    import csv
+
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))

@@ -6,10 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-
 import yaml
 
-from digits.settings import environment_variables
+from core.settings import environment_variables
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,6 @@
 """The exactly-once ledger: a path with the same content is claimed once; new content is claimed again."""
 
-from digits import ledger
+from core import ledger
 
 
 def test_same_content_is_claimed_once_and_new_content_again(redis_client):
@@ -12,8 +12,8 @@ def test_same_content_is_claimed_once_and_new_content_again(redis_client):
 
 def test_finish_forgets_moved_files_and_remembers_kept_ones(redis_client):
     ledger.claim(redis_client, [("moved.png", "aa"), ("kept.png", "bb")])
-    ledger.finish(redis_client, "moved.png", "aa", kept=False)
-    ledger.finish(redis_client, "kept.png", "bb", kept=True)
+    ledger.finish_many(redis_client, [("moved.png", "aa", False)])
+    ledger.finish_many(redis_client, [("kept.png", "bb", True)])
     assert ledger.claim(redis_client, [("moved.png", "aa")]) == [True]
     assert ledger.claim(redis_client, [("kept.png", "bb")]) == [False]
     assert ledger.entries(redis_client)["kept.png"][0] == "done"
@@ -22,7 +22,7 @@ def test_finish_forgets_moved_files_and_remembers_kept_ones(redis_client):
 def test_finish_of_old_content_leaves_newer_claim(redis_client):
     ledger.claim(redis_client, [("x.png", "old")])
     ledger.claim(redis_client, [("x.png", "new")])
-    ledger.finish(redis_client, "x.png", "old", kept=False)
+    ledger.finish_many(redis_client, [("x.png", "old", False)])
     assert ledger.entries(redis_client)["x.png"][:2] == ("queued", "new")
 
 

@@ -1,4 +1,4 @@
-"""digits.normalise: every format and mode, the MNIST procedure, numbers, blank pages and every kind of bad input."""
+"""worker.normalise: every format and mode, the MNIST procedure, numbers, blank pages and every kind of bad input."""
 
 from __future__ import annotations
 
@@ -10,13 +10,19 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import PROJECT_ROOT
 from PIL import Image, ImageDraw
 
-from digits.errors import BadInput, EmptyFile, ImageTooLarge, ImageTooSmall, NotAnImage, UnsupportedImage
-from digits.normalise import Glyph, Page, normalise
-
-from bench import scans as scan_set
-from conftest import PROJECT_ROOT
+from core.errors import (
+    BadInput,
+    EmptyFile,
+    ImageTooLarge,
+    ImageTooSmall,
+    NotAnImage,
+    UnsupportedImage,
+)
+from trainer import scans as scan_set
+from worker.normalise import Glyph, Page, normalise
 
 
 def encoded(image: Image.Image, image_format: str = "PNG", **options) -> bytes:
@@ -350,5 +356,5 @@ def test_a_page_of_hundreds_of_marks_is_refused_not_read_as_a_number():
 
 
 def test_normalise_needs_no_tensorflow():
-    code = "import sys, digits.normalise; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    code = "import sys, worker.normalise; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT).returncode == 0

@@ -5,9 +5,11 @@ import os
 
 import numpy as np
 import pytest
+from conftest import csv_rows
 
-from digits import results
-from digits.errors import UnsafePath
+from core import protocol
+from core.errors import UnsafePath
+from worker import results_files as results
 
 
 @pytest.mark.parametrize("relative", ["/etc/passwd", "../x.png", "a/../../x.png", "a//b.png", "./a.png", "",
@@ -32,48 +34,51 @@ def test_symlink_leaving_the_folder_is_refused_and_one_inside_is_allowed(tmp_pat
     assert results.result_path(tmp_path / "results", "2026/scan 7.png") == tmp_path / "results/2026/scan 7.png.json"
 
 
-def test_assemble_joins_pages_and_takes_the_lowest_confidence():
-    first = results.digit_details(np.array([[0.01, 0.9, 0.09] + [0.0] * 7, [0.0, 0.0, 0.7, 0.3] + [0.0] * 6]),
+def test_the_result_object_joins_pages_and_takes_the_lowest_confidence():
+    first = protocol.digit_details(np.array([[0.01, 0.9, 0.09] + [0.0] * 7, [0.0, 0.0, 0.7, 0.3] + [0.0] * 6]),
                                   [(1, 2, 3, 4), (5, 6, 7, 8)], page=0)
-    pages = [results.page_result(0, first), results.page_result(1, [])]
-    result = results.assemble("a.tif", pages, model="v1", sha256="ab", worker="w@h", job="j")
-    assert result["status"] == "ok" and result["digits"] == "12 " and result["confidence"] == 0.7
+    second = protocol.digit_details(np.array([[0.0] * 9 + [1.0]]), [(0, 0, 9, 9)], page=2)
+    pages = [protocol.page_result(0, first), protocol.page_result(1, []), protocol.page_result(2, second)]
+    result = protocol.result("a.tif", pages=pages, model="v1", sha256="ab", worker="w@h", job="j")
+    assert result["status"] == "ok" and result["digits"] == "12 9" and result["confidence"] == 0.7
+    assert set(result) == set(protocol.RESULT_FIELDS)
     assert result["details"][0]["top"] == [["1", 0.9], ["2", 0.09], ["0", 0.01]]
     assert result["details"][1]["box"] == [5, 6, 7, 8] and result["details"][1]["page"] == 0
-    empty = results.assemble("b.png", [results.page_result(0, [])], model="v1", sha256="cd", worker="w", job=None)
+    empty = protocol.result("b.png", pages=[protocol.page_result(0, [])], model="v1", sha256="cd", worker="w")
     assert (empty["status"], empty["digits"], empty["confidence"]) == ("no_digit", "", 0.0)
-    error = results.error_result("c.png", "NotAnImage: junk", model="v1", sha256=None, worker="w")
-    assert error["status"] == "error" and error["error"] == "NotAnImage: junk"
+    error = protocol.result("c.png", error="NotAnImage: junk", model="v1", sha256=None, worker="w")
+    assert error["status"] == "error" and error["error"] == "NotAnImage: junk" and error["digits"] == ""
+    assert set(error) == set(protocol.RESULT_FIELDS)
 
 
 def test_write_json_is_atomic_and_utf8(tmp_path):
     target = tmp_path / "deep" / "scan ü.png.json"
-    results.write_json(target, {"source": "scan ü.png"})
-    results.write_json(target, {"source": "scan ü.png", "second": True})
+    results.write_json_files([(target, {"source": "scan ü.png"})])
+    results.write_json_files([(target, {"source": "scan ü.png", "second": True})])
     assert json.loads(target.read_text(encoding="utf-8")) == {"source": "scan ü.png", "second": True}
     assert [path.name for path in target.parent.iterdir()] == [target.name]
 
 
-
 def test_several_results_files_are_written_at_once_without_leftovers(tmp_path):
     targets = [tmp_path / "a.png.json", tmp_path / "2026" / "b.png.json", tmp_path / "2026" / "c ü.png.json"]
-    results.write_json_many([(target, {"source": target.name}) for target in targets])
+    results.write_json_files([(target, {"source": target.name}) for target in targets])
     assert [json.loads(target.read_text(encoding="utf-8")) for target in targets] == [
         {"source": target.name} for target in targets]
     assert not [path for path in tmp_path.rglob(".tmp-*")]
     with pytest.raises(TypeError):  # a result that cannot be written leaves no temporary file behind
-        results.write_json_many([(tmp_path / "d.json", {"source": "d"}), (tmp_path / "e.json", {"bad": object()})])
+        results.write_json_files([(tmp_path / "d.json", {"source": "d"}), (tmp_path / "e.json", {"bad": object()})])
     assert not [path for path in tmp_path.rglob(".tmp-*")] and not (tmp_path / "d.json").exists()
+
 
 def test_csv_rows_are_appended_and_found_after_an_offset(tmp_path):
     path = tmp_path / "results.csv"
-    result = results.error_result('a "quoted", name.png', "bad", model="v1", sha256="aa", worker="w", job="job-1")
+    result = protocol.result('a "quoted", name.png', error="bad", model="v1", sha256="aa", worker="w", job="job-1")
     offset = results.csv_size(path)
-    results.append_row(path, result)
+    results.append_rows(path, [result])
     assert results.has_row(path, offset=offset, job="job-1", source='a "quoted", name.png')
     assert not results.has_row(path, offset=path.stat().st_size, job="job-1", source='a "quoted", name.png')
     assert not results.has_row(path, offset=0, job="job-2", source='a "quoted", name.png')
-    rows = results.read_rows(path)
+    rows = csv_rows(path)
     assert len(rows) == 1 and rows[0]["source"] == 'a "quoted", name.png' and rows[0]["status"] == "error"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.accuracy import score
-from bench.scans import numbers, single_digits
+from trainer.scans import numbers, single_digits
 
 SINGLES = 300
 NUMBERS = 100
@@ -14,7 +14,7 @@ SEED = 31  # not bench.accuracy's default, so the test and the README figures ar
 
 @pytest.fixture(scope="module")
 def shipped_model(shipped_weights):
-    from digits.model import current_version, load
+    from core.weights import current_version, load
 
     assert current_version(shipped_weights), f"no weights published in {shipped_weights} (weights/CURRENT)"
     model, _ = load(shipped_weights)

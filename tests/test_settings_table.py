@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from digits.settings import environment_variables
 from digits.settings_doc import markdown_table
+
+from core.settings import environment_variables
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -8,12 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import RedisServer, free_port, wait_until
-from digits import up
-from digits.embedded_redis import running_url
-from digits.errors import BadInput, BrokerUnavailable, NoWorkerError
 from service_harness import DIGITS, clean_environment, scan_png, shipped_weights_folder
+
+from core import protocol
+from core.errors import BadInput, BrokerUnavailable, NoWorkerError
+from digits.local import up
+from digits.local.embedded_redis import running_url
 
 
 def digits(*arguments: str, environment: dict[str, str], timeout: float = 120, cwd: Path | None = None):
@@ -119,7 +120,7 @@ def test_status_json_shows_the_worker_its_model_and_the_counts(worker, scans):
 def test_status_exits_9_when_no_worker_answers(tmp_path):
     server = RedisServer(tmp_path / "redis").start()
     try:
-        server.client().lpush("digits", "a-waiting-job")
+        server.client().lpush(protocol.QUEUE, "a-waiting-job")
         done = digits("status", "--json", "--timeout", "0.5",
                       environment=clean_environment(DIGITS_BROKER_URL=server.url))
         assert done.returncode == NoWorkerError.exit_code

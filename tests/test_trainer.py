@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_digits, wait_until
-from digits import model as weights_store
-from digits.errors import DataError, WeightsError
-from trainer import data
+
+from core import weights as weights_store
+from core.errors import DataError, WeightsError
+from trainer import architectures, data
+from worker.fold import for_inference
 
 
 @pytest.fixture(scope="module")
@@ -154,13 +155,13 @@ def test_unwritable_weights_folder_fails_before_training(tmp_path, small_npz):
 
 
 def test_architectures_costs_and_the_seed_optimizer():
-    default, _ = weights_store.build(weights_store.DEFAULT_ARCHITECTURE)
-    seed, optimizer = weights_store.build("keras-example")
+    default, _ = architectures.build(architectures.DEFAULT_ARCHITECTURE)
+    seed, optimizer = architectures.build("keras-example")
     assert float(optimizer.learning_rate) == 1.0  # not today's Adadelta default of 0.001
     assert [type(layer).__name__ for layer in seed.layers] == [
         "Conv2D", "Conv2D", "MaxPooling2D", "Dropout", "Flatten", "Dense", "Dropout", "Dense"]
-    assert 11_500_000 < weights_store.multiply_adds(seed) < 12_500_000
-    assert weights_store.multiply_adds(default) <= weights_store.multiply_adds(seed)
+    assert 11_500_000 < architectures.multiply_adds(seed) < 12_500_000
+    assert architectures.multiply_adds(default) <= architectures.multiply_adds(seed)
 
 
 def test_broken_weights_are_refused_with_a_clear_error(tmp_path):
@@ -182,11 +183,11 @@ def test_shipped_weights_reach_99_5_percent_on_the_mnist_test_set(shipped_weight
 
 def test_serving_folds_batch_norms_without_changing_any_answer(shipped_weights, mnist):
     net, _ = weights_store.load(shipped_weights)
-    served = weights_store.for_inference(net)
+    served = for_inference(net)
     assert "BatchNormalization" not in {type(layer).__name__ for layer in served.layers}
     images = mnist.test_x[:2000]
     original, folded = net.predict(images, batch_size=500, verbose=0), served.predict(images, batch_size=500, verbose=0)
     assert np.abs(original - folded).max() < 1e-4
     assert (original.argmax(axis=1) == folded.argmax(axis=1)).all()
-    seed, _ = weights_store.build("keras-example")
-    assert weights_store.for_inference(seed) is seed  # nothing to fold
+    seed, _ = architectures.build("keras-example")
+    assert for_inference(seed) is seed  # nothing to fold

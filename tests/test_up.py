@@ -12,14 +12,22 @@ from pathlib import Path
 
 import pytest
 import redis
-
 from conftest import RedisServer, wait_until
-from digits import up
-from digits.embedded_redis import EmbeddedRedis, recorded_url, running_url
-from digits.errors import ConfigError, WeightsError
-from digits.settings import Settings
-from service_harness import (DIGITS, alive, clean_environment, command_line, descendants, scan_png,
-                             shipped_weights_folder)
+from service_harness import (
+    DIGITS,
+    alive,
+    clean_environment,
+    command_line,
+    descendants,
+    scan_png,
+    shipped_weights_folder,
+)
+
+from core import protocol
+from core.errors import ConfigError, WeightsError
+from core.settings import Settings
+from digits.local import up
+from digits.local.embedded_redis import EmbeddedRedis, recorded_url, running_url
 
 STARTUP_SECONDS = 180  # TensorFlow start-up on a busy 2-core machine
 STOP_SECONDS = 150
@@ -208,13 +216,13 @@ def test_embedded_redis_keeps_queued_jobs_across_a_restart(tmp_path):
     state = tmp_path / "state"
     first = EmbeddedRedis(state)
     client = redis.Redis.from_url(first.start())
-    client.lpush("digits", "job-1", "job-2")
+    client.lpush(protocol.QUEUE, "job-1", "job-2")
     first.stop()
     assert recorded_url(state) is None and not first.child.running()
     second = EmbeddedRedis(state)
     try:
         client = redis.Redis.from_url(second.start())
-        assert client.lrange("digits", 0, -1) == [b"job-2", b"job-1"]
+        assert client.lrange(protocol.QUEUE, 0, -1) == [b"job-2", b"job-1"]
         assert recorded_url(state) == second.url and second.password != first.password
         assert (state / "redis" / "redis.conf").stat().st_mode & 0o077 == 0  # the password file is private
     finally:
@@ -250,14 +258,14 @@ def test_progress_line_counts_this_run_and_prints_each_change(tmp_path, monkeypa
     server = RedisServer(tmp_path / "redis").start()
     try:
         client = server.client()
-        client.mset({"digits:count:ok": 100, "digits:count:no_digit": 5, "digits:count:error": 2})
-        client.hset("digits:ledger", mapping={"a.png": "queued:ab:1", "b.png": "done:cd:1"})
+        client.mset({protocol.counter_key("ok"): 100, protocol.counter_key("no_digit"): 5, protocol.counter_key("error"): 2})
+        client.hset(protocol.LEDGER_KEY, mapping={"a.png": "queued:ab:1", "b.png": "done:cd:1"})
         stream = io.StringIO()
         progress = up.Progress(server.url, stream=stream)
         monkeypatch.setattr(progress, "_ask_workers", lambda status: None)  # no worker here
         progress.update()  # the counters before this run are the baseline
-        client.incrby("digits:count:ok", 3)
-        client.incr("digits:count:error")
+        client.incrby(protocol.counter_key("ok"), 3)
+        client.incr(protocol.counter_key("error"))
         progress.last_printed = time.monotonic()
         progress.update()  # within a second of the last line: held back...
         assert stream.getvalue().splitlines() == [
@@ -277,7 +285,7 @@ def test_progress_line_counts_this_run_and_prints_each_change(tmp_path, monkeypa
 
 
 def test_several_workers_get_their_own_names_and_logs_and_the_watcher_starts_last():
-    from digits.up import service_commands
+    from digits.local.up import service_commands
 
     assert service_commands(1) == [("worker", ["worker"]), ("watcher", ["watch"])]  # celery@host, worker.log
     assert service_commands(3) == [("worker", ["worker", "-n", "worker1@%h"]), ("worker2", ["worker", "-n", "worker2@%h"]),

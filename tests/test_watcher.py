@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import PROJECT_ROOT, RedisServer, free_port, wait_until
-from digits import ledger
 
-QUEUE = "digits"
+from core import ledger, protocol
+
+QUEUE = protocol.QUEUE
 
 
 def queued_jobs(client) -> list[dict]:
@@ -121,7 +121,7 @@ def test_files_present_at_start_are_queued_with_relative_paths_and_content_hashe
 
     wait_for_paths(redis_client, list(contents))
     jobs = queued_jobs(redis_client)
-    assert {job["task"] for job in jobs} == {"digits.process_files"}
+    assert {job["task"] for job in jobs} == {protocol.TASK_PROCESS_FILES}
     assert len(jobs) == 1  # ready together, so sent together
     assert {entry["path"]: entry["sha256"] for entry in queued_files(redis_client)} == {
         relative: sha256(data) for relative, data in contents.items()}
@@ -263,7 +263,7 @@ def test_a_claim_never_sent_by_a_killed_watcher_is_sent_again_once_stale(inbox, 
     (inbox / "orphan.png").write_bytes(b"claimed, then the watcher died")
     (inbox / "recent.png").write_bytes(b"claimed a moment ago")
     ledger.claim(redis_client, [("orphan.png", sha256(b"claimed, then the watcher died"))])
-    redis_client.hset(ledger.KEY, "orphan.png", f"queued:{sha256(b'claimed, then the watcher died')}:"
+    redis_client.hset(protocol.LEDGER_KEY, "orphan.png", f"queued:{sha256(b'claimed, then the watcher died')}:"
                                                 f"{int(time.time()) - 120}")
     ledger.claim(redis_client, [("recent.png", sha256(b"claimed a moment ago"))])
 

@@ -7,12 +7,11 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import PROJECT_ROOT
-from digits import ledger
-from digits.errors import FolderLoopError, InboxError
-from digits.settings import DEFAULT_EXTENSIONS, Settings
-from watcher import inbox_waiting
+
+from core import ledger
+from core.errors import FolderLoopError, InboxError
+from core.settings import DEFAULT_EXTENSIONS, Settings
 from watcher.checks import check_inbox, check_no_loops
 from watcher.content import Fingerprint, sha256_of
 from watcher.filters import name_skip
@@ -123,21 +122,11 @@ def test_start_up_checks(tmp_path):
 
 def test_ledger_lookup_reads_several_paths_in_one_round_trip(redis_client):
     ledger.claim(redis_client, [("a.png", "aa")])
-    ledger.finish(redis_client, "a.png", "aa", kept=True)
+    ledger.finish_many(redis_client, [("a.png", "aa", True)])
     ledger.claim(redis_client, [("b.png", "bb")])
     found = ledger.lookup(redis_client, ["a.png", "b.png", "c.png"])
     assert [entry and entry[:2] for entry in found] == [("done", "aa"), ("queued", "bb"), None]
     assert ledger.lookup(redis_client, []) == []
-
-
-def test_inbox_waiting_counts_files_not_yet_done(tmp_path, redis_client):
-    inbox = tmp_path / "inbox"
-    (inbox / "sub").mkdir(parents=True)
-    for relative in ("a.png", "sub/b.png", "kept.png", ".hidden.png", "notes.pdf"):
-        (inbox / relative).write_bytes(b"x")
-    ledger.claim(redis_client, [("kept.png", "aa"), ("a.png", "bb")])
-    ledger.finish(redis_client, "kept.png", "aa", kept=True)
-    assert inbox_waiting(Settings(inbox=inbox), client=redis_client) == 2
 
 
 def test_the_watcher_never_imports_tensorflow(tmp_path):
@@ -146,7 +135,7 @@ def test_the_watcher_never_imports_tensorflow(tmp_path):
         "import sys\n"
         "from digits.cli import main\n"
         f"code = main(['watch', '--inbox', {str(tmp_path / 'missing')!r}])\n"
-        "import watcher, watcher.main, watcher.service, watcher.observer, watcher.enqueue, watcher.inbox\n"
+        "import watcher, watcher.main, watcher.service, watcher.observer, watcher.enqueue, watcher.walk, watcher.quick_moves\n"
         "heavy = sorted(name for name in sys.modules if name.split('.')[0] in ('tensorflow', 'keras'))\n"
         "print(code, heavy)\n"
     )

@@ -13,11 +13,18 @@ import textwrap
 
 import pytest
 from celery import Celery
+from conftest import RedisServer, csv_rows, wait_until
+from worker_harness import (
+    WorkerProcess,
+    blank_scan,
+    multipage_tiff,
+    publish_broken,
+    publish_copy,
+    scan_of,
+    serving_weights,
+)
 
-from conftest import RedisServer, wait_until
-from digits import ledger, results
-from worker_harness import (WorkerProcess, blank_scan, multipage_tiff, publish_broken, publish_copy, scan_of,
-                            serving_weights)
+from core import ledger, protocol
 
 PASSWORD = "digits-test-password"
 MAX_IMAGE_BYTES = 300_000
@@ -74,7 +81,7 @@ def test_a_batch_of_files_yields_the_right_results_files(worker, client, redis_w
             for index, number in enumerate(NUMBERS)]
     jobs.append(put(worker.folder, "batch/pages.tif", multipage_tiff(["12", "5"])))
     assert ledger.claim(redis, [(job["path"], job["sha256"]) for job in jobs]) == [True] * len(jobs)
-    summaries = client.send_task("digits.process_files", kwargs={"files": jobs}, queue="digits").get(timeout=120)
+    summaries = client.send_task(protocol.TASK_PROCESS_FILES, kwargs={"files": jobs}, queue=protocol.QUEUE).get(timeout=120)
 
     assert [summary["source"] for summary in summaries] == [job["path"] for job in jobs]
     for number, job in zip(NUMBERS + ["12 5"], jobs):
@@ -89,11 +96,11 @@ def test_a_batch_of_files_yields_the_right_results_files(worker, client, redis_w
         assert not (worker.folder / "inbox" / job["path"]).exists()
     pages = load_result(worker.folder, "batch/pages.tif")["pages"]
     assert [page["page"] for page in pages] == [0, 1] and len(pages[0]["details"]) == 2
-    rows = [row for row in results.read_rows(worker.folder / "results" / "results.csv")
+    rows = [row for row in csv_rows(worker.folder / "results" / "results.csv")
             if row["source"].startswith("batch/")]
     assert sorted(row["source"] for row in rows) == sorted(job["path"] for job in jobs)
     assert ledger.count_queued(redis) == 0
-    assert int(redis.get("digits:count:ok")) >= len(jobs)
+    assert int(redis.get(protocol.counter_key("ok"))) >= len(jobs)
 
 
 def test_each_bad_input_gives_an_error_result_while_good_files_around_it_succeed(worker, client, tmp_path):
@@ -119,7 +126,7 @@ def test_each_bad_input_gives_an_error_result_while_good_files_around_it_succeed
         {"nonsense": True},
     ]
     put(folder, "bad/changed.png", b"new content, its own job will come")
-    summaries = client.send_task("digits.process_files", args=[jobs], queue="digits").get(timeout=120)
+    summaries = client.send_task(protocol.TASK_PROCESS_FILES, args=[jobs], queue=protocol.QUEUE).get(timeout=120)
     by_source = {summary["source"]: summary for summary in summaries}
     assert len(summaries) == len(jobs)
 
@@ -151,8 +158,8 @@ CLIENT_PROGRAM = textwrap.dedent("""
     app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
     with open(image_path, "rb") as handle:
         image = base64.b64encode(handle.read()).decode("ascii")
-    result = app.send_task("digits.recognize", kwargs={"image": image, "name": "from-elsewhere.png"},
-                           queue="digits").get(timeout=120)
+    result = app.send_task(protocol.TASK_RECOGNIZE, kwargs={"image": image, "name": "from-elsewhere.png"},
+                           queue=protocol.QUEUE).get(timeout=120)
     leaked = sorted(name for name in sys.modules if name.split(".")[0] in ("digits", "worker", "tensorflow"))
     print(json.dumps({"result": result, "leaked": leaked}))
 """)
@@ -181,12 +188,12 @@ def test_recognize_refuses_bad_payloads_with_error_results(worker, client):
     cases = {"not base64 !!": "NotAnImage", oversized: "ImageTooLarge",
              base64.b64encode(b"GIF89a broken").decode(): "NotAnImage"}
     for payload, kind in cases.items():
-        result = client.send_task("digits.recognize", kwargs={"image": payload}, queue="digits").get(timeout=60)
+        result = client.send_task(protocol.TASK_RECOGNIZE, kwargs={"image": payload}, queue=protocol.QUEUE).get(timeout=60)
         assert result["status"] == "error" and result["error"].startswith(kind)
 
 
 def test_pickle_messages_are_refused(worker, client):
-    client.send_task("digits.recognize", kwargs={"image": "x"}, queue="digits", serializer="pickle")
+    client.send_task(protocol.TASK_RECOGNIZE, kwargs={"image": "x"}, queue=protocol.QUEUE, serializer="pickle")
     wait_until(lambda: "ContentDisallowed" in worker.log_text() or "disallowed" in worker.log_text().lower(),
                timeout=30, message="the worker to refuse a pickle message")
 
@@ -204,7 +211,7 @@ def test_a_new_version_is_picked_up_and_a_broken_one_refused_without_restart(wor
     payload = base64.b64encode(scan_of("5")).decode()
 
     def served_model():
-        return client.send_task("digits.recognize", kwargs={"image": payload}, queue="digits").get(timeout=60)["model"]
+        return client.send_task(protocol.TASK_RECOGNIZE, kwargs={"image": payload}, queue=protocol.QUEUE).get(timeout=60)["model"]
 
     publish_copy(folder, version, "next-2")
     wait_until(lambda: served_model() == "next-2", timeout=60, interval=0.2, message="version next-2 served")

@@ -8,10 +8,11 @@ import hashlib
 
 import pytest
 from celery import Celery
-
-from conftest import RedisServer, wait_until
-from digits import ledger, results
+from conftest import RedisServer, csv_rows, wait_until
 from worker_harness import WorkerProcess, scan_of, serving_weights
+
+from core import ledger, protocol
+from worker import results_files as results
 
 JOBS, FILES_PER_JOB = 6, 20
 
@@ -23,9 +24,8 @@ def redis(tmp_path_factory):
     server.stop()
 
 
-def csv_rows(folder) -> list[dict[str, str]]:
-    path = folder / "results" / results.CSV_NAME
-    return results.read_rows(path) if path.exists() else []
+def rows_of(folder) -> list[dict[str, str]]:
+    return csv_rows(folder / "results" / results.CSV_NAME)
 
 
 def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(tmp_path, redis):
@@ -49,13 +49,13 @@ def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(tmp_path, redis)
                 files.append({"path": relative, "sha256": hashlib.sha256(data).hexdigest()})
             assert all(ledger.claim(client, [(f["path"], f["sha256"]) for f in files]))
             jobs.append(files)
-        sent = [app.send_task("digits.process_files", args=[files], queue="digits") for files in jobs]
+        sent = [app.send_task(protocol.TASK_PROCESS_FILES, args=[files], queue=protocol.QUEUE) for files in jobs]
         total = JOBS * FILES_PER_JOB
 
-        wait_until(lambda: len(csv_rows(tmp_path)) >= 1, timeout=120, interval=0.005,
+        wait_until(lambda: len(rows_of(tmp_path)) >= 1, timeout=120, interval=0.005,
                    message="the first worker to finish its first file")
         first.kill()
-        done_at_kill = len(csv_rows(tmp_path))
+        done_at_kill = len(rows_of(tmp_path))
         assert done_at_kill < total, "the worker finished everything before it was killed"
         assert client.hlen("unacked") > 0  # jobs it held stay unacknowledged in Redis
 
@@ -63,7 +63,7 @@ def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(tmp_path, redis)
         second.wait_ready()
 
         def all_done():
-            return (all(result.ready() for result in sent) and client.llen("digits") == 0
+            return (all(result.ready() for result in sent) and client.llen(protocol.QUEUE) == 0
                     and client.hlen("unacked") == 0)
 
         wait_until(all_done, timeout=180, interval=0.2, message="the second worker to redo the jobs")
@@ -72,7 +72,7 @@ def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(tmp_path, redis)
         second.stop()
 
     expected = sorted(f["path"] for files in jobs for f in files)
-    rows = csv_rows(tmp_path)
+    rows = rows_of(tmp_path)
     counts = collections.Counter(row["source"] for row in rows)
     assert sorted(counts) == expected and set(counts.values()) == {1}, counts.most_common(3)
     written = sorted(str(path.relative_to(tmp_path / "results"))[:-5]
@@ -82,5 +82,5 @@ def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(tmp_path, redis)
     assert moved == expected  # each original moved once: no "-1" copies
     assert not list((tmp_path / "inbox").rglob("*.png"))
     assert ledger.count_queued(client) == 0
-    assert sum(int(client.get(f"digits:count:{status}") or 0) for status in ("ok", "no_digit", "error")) == total
+    assert sum(int(client.get(protocol.counter_key(status)) or 0) for status in ("ok", "no_digit", "error")) == total
     assert {row["worker"].split("@")[0] for row in rows} == {"first", "second"}

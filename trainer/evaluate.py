@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from digits import model as weights_store
-from digits.device import configure
+from core import weights as weights_store
+from core.device import configure
 from trainer import data as mnist_data
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from digits import model as weights_store
-from digits.device import configure
+from core import weights as weights_store
+from core.device import configure
+from trainer import architectures
 from trainer import data as mnist_data
 from trainer.evaluate import accuracy_report
 from trainer.plots import save_confusion_matrix, save_curves
@@ -97,7 +98,7 @@ class Progress:
 def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data: Path | None,
           limit: int | None, version: str | None, argv: list[str]) -> Path:
     """Train, evaluate and publish; returns the published version folder. Nothing is published on failure."""
-    weights_store.check_architecture(arch)
+    architectures.check_architecture(arch)
     weights_store.check_writable(weights)
     device_name = configure(device)
     import keras
@@ -108,17 +109,17 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
     if limit:
         train_x, train_y = train_x[:limit], train_y[:limit]
     keras.utils.set_random_seed(seed)
-    batch_size = weights_store.BATCH_SIZE
+    batch_size = architectures.BATCH_SIZE
     steps = int(np.ceil(len(train_x) / batch_size))
-    net, optimizer = weights_store.build(arch, steps_per_epoch=steps, epochs=epochs)
+    net, optimizer = architectures.build(arch, steps_per_epoch=steps, epochs=epochs)
     net.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     log.info("training %s (%d parameters, %.1fM multiply-adds per image) on %d images, %d epochs, device %s, "
-             "data %s", arch, net.count_params(), weights_store.multiply_adds(net) / 1e6, len(train_x), epochs,
+             "data %s", arch, net.count_params(), architectures.multiply_adds(net) / 1e6, len(train_x), epochs,
              device_name, mnist.source)
 
     dataset = tf.data.Dataset.from_tensor_slices((train_x, train_y)).shuffle(len(train_x), seed=seed)
     dataset = dataset.batch(batch_size)
-    if arch in weights_store.AUGMENTED:
+    if arch in architectures.AUGMENTED:
         generator = tf.random.Generator.from_seed(seed)
         geometric = keras.Sequential(_geometric_layers(seed))
         # One call at a time: parallel calls would draw from the shared generator in any order,
@@ -143,12 +144,12 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
         "version": version,
         "architecture": arch,
         "parameters": int(net.count_params()),
-        "multiply_adds": weights_store.multiply_adds(net),
+        "multiply_adds": architectures.multiply_adds(net),
         "input": {"shape": [None, 28, 28, 1], "dtype": "float32", "range": [0, 1],
                   "convention": "white strokes on black, digit fitted in 20x20, centred by mass in 28x28"},
         "data": {"source": mnist.source, "sha256": mnist.sha256, "train_images": int(len(train_x)),
                  "validation_images": int(len(mnist.val_x)), "test_images": int(len(mnist.test_x))},
-        "augmentation": arch in weights_store.AUGMENTED,
+        "augmentation": arch in architectures.AUGMENTED,
         "epochs": epochs,
         "batch_size": batch_size,
         "seed": seed,

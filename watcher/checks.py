@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from digits.errors import FolderLoopError, InboxError
-from digits.settings import Settings
+from core.errors import FolderLoopError, InboxError
+from core.settings import Settings
 
 
 def check_inbox(inbox: Path) -> Path:

@@ -6,17 +6,14 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-import celery
 import redis
 
-from digits import ledger
+from core import ledger, protocol
 from watcher.content import Fingerprint
 from watcher.outage import TRANSIENT_ERRORS, BrokerHealth
 
 log = logging.getLogger(__name__)
 
-TASK_NAME = "digits.process_files"
-QUEUE = "digits"
 CLAIM_CHUNK = 1000  # files claimed per ledger round trip
 
 
@@ -39,16 +36,17 @@ class JobSender:
     """Publishes jobs by task name on the `digits` queue, JSON only, without importing the worker."""
 
     def __init__(self, broker_url: str):
-        self.app = celery.Celery("digits-watcher", broker=broker_url, set_as_current=False)
-        self.app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json",
-                             task_publish_retry=False,  # our own loop retries, with backoff
-                             broker_connection_retry_on_startup=False,
-                             broker_transport_options={"socket_connect_timeout": 2, "socket_timeout": 5})
+        self.app = protocol.client_app(
+            "digits-watcher", broker_url,
+            task_publish_retry=False,  # our own loop retries, with backoff
+            broker_connection_retry_on_startup=False,
+            broker_transport_options={"socket_connect_timeout": 2, "socket_timeout": 5})
 
     def send(self, files: list[ReadyFile]) -> str:
         payload = [{"path": ready.relative, "sha256": ready.sha256} for ready in files]
         with self.app.producer_or_acquire() as producer:
-            job = self.app.send_task(TASK_NAME, kwargs={"files": payload}, queue=QUEUE, producer=producer)
+            job = self.app.send_task(protocol.TASK_PROCESS_FILES, kwargs={"files": payload},
+                                      queue=protocol.QUEUE, producer=producer)
         return job.id
 
 

@@ -7,7 +7,7 @@ import logging
 import signal
 import threading
 
-from digits.settings import Settings, add_flags
+from core.settings import Settings, add_flags
 
 FLAGS = ("broker_url", "inbox", "results", "processed", "failed", "on_success", "on_error", "ready_delay",
          "polling", "poll_interval", "rescan_interval", "requeue_after", "extensions", "queue_batch",
@@ -22,7 +22,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     inbox = check_inbox(settings.inbox)
     check_no_loops(settings, inbox)
-    from watcher.enqueue import JobSender, connect_redis  # Celery only once the checks passed
+    from watcher.enqueue import (  # Celery only once the checks passed
+        JobSender,
+        connect_redis,
+    )
     from watcher.service import Watcher
 
     settings.log_once("watcher")

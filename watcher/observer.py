@@ -8,9 +8,19 @@ import queue
 from enum import Enum
 from pathlib import Path
 
-from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileAttribEvent, FileClosedEvent,
-                             FileCreatedEvent, FileDeletedEvent, FileModifiedEvent, FileMovedEvent,
-                             FileSystemEvent, FileSystemEventHandler)
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
@@ -21,8 +31,6 @@ log = logging.getLogger(__name__)
 WATCHED_EVENTS = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileAttribEvent, FileMovedEvent,
                   FileDeletedEvent, DirCreatedEvent, DirMovedEvent, DirDeletedEvent]
 
-
-MOVE_PAIRING_SECONDS = 0.05
 
 
 class Notice(Enum):
@@ -79,15 +87,10 @@ def start_observer(inbox: Path, notices: queue.SimpleQueue, *, polling: bool,
 def _native_observer() -> BaseObserver:
     """inotify with full move events (a file moved in from outside the inbox is a move, not a creation)."""
     try:
-        from watchdog.observers.inotify import InotifyObserver
-        from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+        from watcher.quick_moves import QuickMoveObserver
     except ImportError:  # not Linux
         return Observer()
-    # The kernel reports both halves of a rename together; watchdog holds every moved-away event this
-    # long to pair it, and holds every later event behind it (0.5 s by default: a file dropped just
-    # after the worker moved one out would wait for it).
-    InotifyMoveEventGrouper.delay = MOVE_PAIRING_SECONDS
-    return InotifyObserver(generate_full_events=True)
+    return QuickMoveObserver()
 
 
 def _start(observer: BaseObserver, inbox: Path, notices: queue.SimpleQueue) -> BaseObserver:

@@ -10,15 +10,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from digits import ledger
-from digits.settings import Settings
-from watcher.content import FileChanged, Fingerprint, NotRegular, regular_fingerprint, sha256_of
+from core import ledger
+from core.settings import Settings
+from watcher.content import (
+    FileChanged,
+    Fingerprint,
+    NotRegular,
+    regular_fingerprint,
+    sha256_of,
+)
 from watcher.enqueue import JobSender, Outbox, ReadyFile
 from watcher.filters import NOT_REGULAR, SYMLINK, Skip, SkipLog, folder_skip, name_skip
-from watcher.inbox import walk
 from watcher.observer import Notice, start_observer
 from watcher.outage import TRANSIENT_ERRORS, BrokerHealth
 from watcher.readiness import ReadinessTracker
+from watcher.walk import walk
 
 log = logging.getLogger("watcher")
 

@@ -1,4 +1,4 @@
-"""The Celery app: Redis broker and backend from settings, JSON only, late acks, threads pool, queue `digits`."""
+"""The Celery app (`celery -A worker worker` finds it): configured from settings when first used, never at import."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import logging
 from celery import Celery, concurrency, signals
 from celery.worker.control import inspect_command
 
-from digits.errors import ConfigError, DigitsError
-from digits.settings import Settings
+from core import protocol
+from core.errors import ConfigError, DigitsError
+from core.settings import Settings
 from worker import runtime
 
-QUEUE = "digits"
-TASK_NAMES = ("digits.recognize", "digits.process_files")
 SAFE_POOLS = ("threads", "solo")
 
 log = logging.getLogger(__name__)
@@ -20,9 +19,8 @@ log = logging.getLogger(__name__)
 app = Celery("digits", include=["worker.tasks"])
 
 
-def configure(settings: Settings) -> Celery:
-    """Apply settings to the app; called at import with DIGITS_* variables and again by `digits worker`."""
-    runtime.set_settings(settings)
+def celery_config(settings: Settings) -> dict:
+    """The worker's Celery configuration: JSON only, late acks, threads sharing one model, queue `digits`."""
     url = settings.effective_broker_url
     visibility = settings.visibility_timeout
     transport = {
@@ -31,18 +29,14 @@ def configure(settings: Settings) -> Celery:
         "unacked_restore_interval": max(1, min(60, int(visibility // 4))),
         "unacked_restore_throttle": 1,
     }
-    app.conf.update(
+    return protocol.json_only(
         broker_url=url,
         result_backend=url,
         broker_transport_options=transport,
         result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
         broker_connection_retry_on_startup=True,
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
-        task_default_queue=QUEUE,
-        task_routes={name: {"queue": QUEUE} for name in TASK_NAMES},
+        task_default_queue=protocol.QUEUE,
+        task_routes={name: {"queue": protocol.QUEUE} for name in protocol.TASK_NAMES},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_track_started=False,
@@ -53,12 +47,20 @@ def configure(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=True,
         worker_send_task_events=False,
-        timezone="UTC",
     )
+
+
+# Read when the app's configuration is first needed, not at import: by then `digits worker` has given
+# its settings, and `celery -A worker worker` falls back to the DIGITS_* variables.
+app.add_defaults(lambda: celery_config(runtime.settings()))
+
+
+def use_settings(settings: Settings) -> Celery:
+    """Run this process's worker with these settings (before the app's configuration is first read)."""
+    runtime.set_settings(settings)
+    if app.configured:
+        app.conf.update(celery_config(settings))
     return app
-
-
-configure(Settings.load())
 
 
 @signals.worker_init.connect
@@ -86,7 +88,7 @@ def stop_runtime(**kwargs) -> None:
     runtime.stop()
 
 
-@inspect_command(name="digits_info")
+@inspect_command(name=protocol.INFO_COMMAND)
 def digits_info(state) -> dict:
     """Device, weights version, batches, images, average batch size, images/s over the last minute."""
     current = runtime.running()

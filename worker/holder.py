@@ -10,8 +10,9 @@ from typing import Callable
 
 import numpy as np
 
-from digits import model as weights_store
-from digits.errors import WeightsError
+from core import weights as weights_store
+from core.errors import WeightsError
+from worker.fold import for_inference
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def compile_predictor(model, version: str) -> Predictor:
     it up with one inference."""
     import tensorflow as tf
 
-    model = weights_store.for_inference(model)
+    model = for_inference(model)
 
     @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)], reduce_retracing=True)
     def forward(images):

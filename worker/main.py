@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from digits.settings import Settings, add_flags
+from core.settings import Settings, add_flags
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Configure the Celery app from settings and run the worker until it is stopped; returns its exit status."""
-    from worker.celery_app import QUEUE, app, configure
+    from core.protocol import QUEUE
+    from worker.celery_app import use_settings
 
-    configure(settings)
+    app = use_settings(settings)
     argv = ["worker", "--pool", args.pool, "--concurrency", str(settings.concurrency if args.pool == "threads" else 1),
             "--queues", QUEUE, "--loglevel", settings.log_level.upper(), "--without-gossip", "--without-mingle"]
     if args.hostname:

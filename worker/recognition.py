@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import Future, TimeoutError as FutureTimeout
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from digits import results
-from digits.errors import Transient
+from core import protocol
+from core.errors import Transient
 from worker.batching import Batcher
 
 INFERENCE_TIMEOUT_SECONDS = 300.0
@@ -20,14 +21,14 @@ INFERENCE_TIMEOUT_SECONDS = 300.0
 class Pending:
     """A normalised file: its pages, its glyph images, and once queued the future of their probabilities."""
 
-    pages: list  # list[digits.normalise.Page]
+    pages: list  # list[worker.normalise.Page]
     images: np.ndarray
     future: Future | None = None
 
 
 def prepare(data: bytes, *, max_pixels: int, max_bytes: int) -> Pending:
     """Normalise a scan (in the caller's thread, beside inference); raises BadInput subclasses."""
-    from digits.normalise import normalise
+    from worker.normalise import normalise
 
     pages = normalise(data, max_pixels=max_pixels, max_bytes=max_bytes)
     glyphs = [glyph.image for page in pages for glyph in page.glyphs]
@@ -57,11 +58,11 @@ def finish(pending: Pending, *, source: str, sha256: str, worker: str, job: str 
     pages, offset = [], 0
     for page in pending.pages:
         count = len(page.glyphs)
-        details = results.digit_details(probabilities[offset:offset + count],
+        details = protocol.digit_details(probabilities[offset:offset + count],
                                         [glyph.box for glyph in page.glyphs], page=page.index)
-        pages.append(results.page_result(page.index, details))
+        pages.append(protocol.page_result(page.index, details))
         offset += count
-    return results.assemble(source, pages, model=version, sha256=sha256, worker=worker, job=job)
+    return protocol.result(source, pages=pages, model=version, sha256=sha256, worker=worker, job=job)
 
 
 def sha256_of(data: bytes) -> str:

@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from digits.settings import Settings
+from core.settings import Settings
 from worker.batching import Batcher, Stats
 from worker.holder import ModelHolder
 
@@ -53,7 +53,7 @@ def start() -> Runtime:
             return _runtime
         import redis
 
-        from digits.device import configure
+        from core.device import configure
 
         current = settings()
         device = configure(current.device)

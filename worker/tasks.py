@@ -11,9 +11,10 @@ from typing import Any
 
 import redis
 
-from digits import results
-from digits.errors import BadInput, ImageTooLarge, NotAnImage, Transient
-from worker import inbox, recognition, runtime
+from core import protocol
+from core.errors import BadInput, ImageTooLarge, NotAnImage, Transient
+from worker import process_files as inbox_files
+from worker import recognition, runtime
 from worker.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def _worker_name(task) -> str:
     return task.request.hostname or socket.gethostname()
 
 
-@app.task(name="digits.recognize", bind=True, **RETRY)
+@app.task(name=protocol.TASK_RECOGNIZE, bind=True, **RETRY)
 def recognize(self, image: str, name: str | None = None) -> dict[str, Any]:
     """Recognise one image sent as base64 of its file bytes; returns the result object (never retried for bad input)."""
     current = runtime.get()
@@ -43,8 +44,8 @@ def recognize(self, image: str, name: str | None = None) -> dict[str, Any]:
                                     max_bytes=settings.max_image_bytes)
         result = recognition.finish(pending, source=source, sha256=sha256, worker=worker, job=job)
     except BadInput as error:
-        result = results.error_result(source, f"{type(error).__name__}: {error}",
-                                      model=current.holder.current.version, sha256=sha256, worker=worker, job=job)
+        result = protocol.result(source, error=f"{type(error).__name__}: {error}",
+                                 model=current.holder.current.version, sha256=sha256, worker=worker, job=job)
     _count(current, result["status"])
     return result
 
@@ -66,13 +67,13 @@ def _decode(image: Any, *, max_bytes: int) -> bytes:
 
 def _count(current: runtime.Runtime, status: str) -> None:
     try:
-        current.redis.incr(inbox.COUNTER_PREFIX + status)
+        current.redis.incr(protocol.counter_key(status))
     except redis.exceptions.RedisError as error:
         log.warning("could not count a %s result: %s", status, error)
 
 
-@app.task(name="digits.process_files", bind=True, **RETRY)
+@app.task(name=protocol.TASK_PROCESS_FILES, bind=True, **RETRY)
 def process_files(self, files: list[dict[str, str]]) -> list[dict[str, Any]]:
     """Recognise inbox files [{path relative to the inbox, sha256}]; returns one summary per file."""
     job = self.request.id or str(uuid.uuid4())
-    return inbox.process(files, runtime=runtime.get(), job=job, worker=_worker_name(self))
+    return inbox_files.process(files, runtime=runtime.get(), job=job, worker=_worker_name(self))

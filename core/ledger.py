@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from typing import Iterable
 
-KEY = "digits:ledger"
+from core.protocol import LEDGER_KEY as KEY
+
 QUEUED = "queued"
 DONE = "done"
 
@@ -62,13 +63,8 @@ def release(client, files: Iterable[tuple[str, str]]) -> None:
                      if entry is not None and entry[1] == sha256], state="")
 
 
-def finish(client, path: str, sha256: str, *, kept: bool) -> None:
-    """The worker is done with a file: forget it when it left the inbox, else remember it as done."""
-    finish_many(client, [(path, sha256, kept)])
-
-
 def finish_many(client, files: Iterable[tuple[str, str, bool]]) -> None:
-    """finish() for (path, sha256, kept) triples in one round trip."""
+    """The worker is done with files (path, sha256, kept): forget those that left the inbox, mark kept ones done."""
     _run_finish(client, [(path, sha256, DONE if kept else "") for path, sha256, kept in files])
 
 

@@ -1,4 +1,4 @@
-"""The result schema, atomic results files, results.csv rows and paths confined to their folders."""
+"""Results files: paths confined to their folders, atomic JSON files, results.csv rows, originals moved aside."""
 
 from __future__ import annotations
 
@@ -14,19 +14,11 @@ import os
 import stat
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
-import numpy as np
+from core.errors import UnsafePath
 
-from digits.errors import UnsafePath
-
-OK = "ok"
-NO_DIGIT = "no_digit"
-ERROR = "error"
-STATUSES = (OK, NO_DIGIT, ERROR)
-TOP_ALTERNATIVES = 3
 CSV_NAME = "results.csv"
 CSV_COLUMNS = ("processed_at", "source", "status", "digits", "confidence", "model", "sha256", "error",
                "worker", "job")
@@ -79,87 +71,11 @@ def result_path(results: Path, relative: str) -> Path:
     return confined(results, relative + ".json")
 
 
-# --- the result object -------------------------------------------------------------------------
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def digit_details(probabilities: np.ndarray, boxes: Sequence[Sequence[int]], *, page: int) -> list[dict[str, Any]]:
-    """Per-digit details from softmax rows: best digit, its confidence, the top three and the box."""
-    details = []
-    for row, box in zip(np.asarray(probabilities, dtype=np.float64), boxes):
-        order = np.argsort(-row, kind="stable")[:TOP_ALTERNATIVES]
-        details.append({
-            "digit": str(int(order[0])),
-            "confidence": round(float(row[order[0]]), 6),
-            "top": [[str(int(index)), round(float(row[index]), 6)] for index in order],
-            "box": [int(value) for value in box],
-            "page": page,
-        })
-    return details
-
-
-def page_result(index: int, details: list[dict[str, Any]]) -> dict[str, Any]:
-    """One page: its digit string, lowest digit confidence (0 when none) and its details."""
-    return {
-        "page": index,
-        "digits": "".join(detail["digit"] for detail in details),
-        "confidence": min((detail["confidence"] for detail in details), default=0.0),
-        "details": details,
-    }
-
-
-def assemble(source: str, pages: list[dict[str, Any]], *, model: str | None, sha256: str | None,
-             worker: str, job: str | None = None) -> dict[str, Any]:
-    """The full result for a recognised file (status ok, or no_digit when no page holds a digit)."""
-    details = [detail for page in pages for detail in page["details"]]
-    return {
-        "source": source,
-        "status": OK if details else NO_DIGIT,
-        "digits": " ".join(page["digits"] for page in pages) if details else "",
-        "confidence": min((detail["confidence"] for detail in details), default=0.0),
-        "error": None,
-        "model": model,
-        "sha256": sha256,
-        "pages": pages,
-        "details": details,
-        "processed_at": now_iso(),
-        "worker": worker,
-        "job": job,
-    }
-
-
-def error_result(source: str, message: str, *, model: str | None, sha256: str | None, worker: str,
-                 job: str | None = None) -> dict[str, Any]:
-    """The result for an input that cannot be recognised."""
-    return {
-        "source": source,
-        "status": ERROR,
-        "digits": "",
-        "confidence": 0.0,
-        "error": message,
-        "model": model,
-        "sha256": sha256,
-        "pages": [],
-        "details": [],
-        "processed_at": now_iso(),
-        "worker": worker,
-        "job": job,
-    }
-
-
 # --- files -------------------------------------------------------------------------------------
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write UTF-8 JSON atomically: a temporary file beside the target, fsync, then rename over it."""
-    write_json_many([(path, data)])
-
-
-def write_json_many(files: list[tuple[Path, dict[str, Any]]]) -> None:
-    """write_json for several files: every temporary file written, all made durable at once, then each renamed.
+def write_json_files(files: list[tuple[Path, dict[str, Any]]]) -> None:
+    """Write UTF-8 JSON files atomically (temporary file, durable, renamed over the target): every temporary file written, all made durable at once, then each renamed.
 
     On Linux one syncfs() per filesystem replaces an fsync per file: the journal commit of each fsync
     costs more CPU than writing the file itself. Elsewhere each file is fsynced.
@@ -267,11 +183,6 @@ def csv_size(path: Path) -> int:
     return path.stat().st_size
 
 
-def append_row(path: Path, result: dict[str, Any]) -> None:
-    """Append one row with a single O_APPEND write, so rows of concurrent writers never interleave."""
-    append_rows(path, [result])
-
-
 def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """Append rows with one O_APPEND write and one fsync, so rows of concurrent writers never interleave."""
     ensure_csv(path)
@@ -297,12 +208,6 @@ def has_row(path: Path, *, offset: int, job: str, source: str) -> bool:
         if len(row) == len(CSV_COLUMNS) and row[job_column] == job and row[source_column] == source:
             return True
     return False
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """Every row of results.csv as a dict (for tests and tools)."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def move_aside(original: Path, destination_root: Path, relative: str) -> Path:

@@ -15,7 +15,13 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
-from digits.errors import EmptyFile, ImageTooLarge, ImageTooSmall, NotAnImage, UnsupportedImage
+from core.errors import (
+    EmptyFile,
+    ImageTooLarge,
+    ImageTooSmall,
+    NotAnImage,
+    UnsupportedImage,
+)
 
 # Formats scanners and phones produce; anything else Pillow happens to read is refused (EPS, for one,
 # would run Ghostscript). MPO is how Pillow names many phone JPEGs; only its first picture is the photo.

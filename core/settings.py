@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from digits.errors import ConfigError
+from core.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_WEIGHTS = PROJECT_ROOT / "weights"
@@ -175,3 +175,19 @@ def _parse(spec: dataclasses.Field, raw: str) -> Any:
         return kind(raw)
     except ValueError:
         raise ConfigError(f"{env_name(spec.name)}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def markdown_table() -> str:
+    """The settings table of docs/settings.md, one row per setting: variable, flag, default, meaning
+    (machine paths shown relative to the project). `python -m core.settings` prints it."""
+    rows = ["| variable | flag | default | meaning |", "|---|---|---|---|"]
+    for variable, default, meaning in describe():
+        flag = "--" + variable.removeprefix("DIGITS_").lower().replace("_", "-")
+        shown = default.replace(str(PROJECT_ROOT), "<project>")
+        meaning = meaning.replace("|", "&#124;").replace("<", "&lt;").replace(">", "&gt;")
+        rows.append(f"| `{variable}` | `{flag}` | `{shown}` | {meaning} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -12,8 +12,8 @@ import socket
 import time
 from pathlib import Path
 
-from digits.children import Child
-from digits.errors import BrokerUnavailable
+from core.errors import BrokerUnavailable
+from digits.local.children import Child
 
 log = logging.getLogger(__name__)
 

@@ -48,19 +48,3 @@ def walk(folder: Path, extensions: tuple[str, ...], *, prefix: str = "",
                             report(relative, NOT_REGULAR)
                 except FileNotFoundError:
                     continue  # gone between listing and looking
-
-
-def count_waiting(settings, *, client=None) -> int:
-    """Candidate files in the inbox minus those the ledger marks done (originals kept after processing)."""
-    from digits import ledger
-
-    paths = [relative for relative, _ in walk(settings.inbox, settings.extensions)]
-    if client is None:
-        import redis
-
-        client = redis.Redis.from_url(settings.effective_broker_url, socket_connect_timeout=2, socket_timeout=5)
-    done = 0
-    for start in range(0, len(paths), 1000):
-        states = ledger.lookup(client, paths[start:start + 1000])
-        done += sum(1 for state in states if state is not None and state[0] == ledger.DONE)
-    return len(paths) - done

@@ -12,18 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from digits import ledger, results
-from digits.errors import BadInput, ImageTooLarge, NotAnImage, UnsafePath
-from digits.settings import Settings
+from core import ledger, protocol
+from core.errors import BadInput, ImageTooLarge, NotAnImage, UnsafePath
+from core.settings import Settings
 from worker import recognition
+from worker import results_files as results
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-STALE = "stale"
-COUNTER_PREFIX = "digits:count:"
-ROW_MARK_PREFIX = "digits:row:"
 DONE = b"done"
 
 
@@ -74,8 +72,7 @@ def _read(raw: Any, *, settings: Settings, runtime: Runtime, job: str, worker: s
     entry = InboxFile(relative=str(relative), sha256=str(sha256).lower())
     if not isinstance(relative, str) or not isinstance(sha256, str) or not SHA256_PATTERN.match(entry.sha256):
         log.error("job %s: malformed entry %r (needs path and a sha256 hex digest)", job, raw)
-        entry.summary = {"source": entry.relative, "status": results.ERROR, "digits": "",
-                         "error": "malformed entry: needs path and sha256"}
+        entry.summary = protocol.summary(entry.relative, protocol.ERROR, error="malformed entry: needs path and sha256")
         return entry
     model = runtime.holder.current.version
     try:
@@ -83,10 +80,10 @@ def _read(raw: Any, *, settings: Settings, runtime: Runtime, job: str, worker: s
     except UnsafePath as error:
         # No results file either: a name that leaves the inbox would leave the results folder too.
         log.warning("job %s: refused %r: %s", job, relative, error)
-        entry.result = results.error_result(relative, str(error), model=model, sha256=entry.sha256,
-                                            worker=worker, job=job)
+        entry.result = protocol.result(relative, error=str(error), model=model, sha256=entry.sha256,
+                                       worker=worker, job=job)
         record_row(runtime, entry.result, job=job, sha256=entry.sha256)
-        entry.summary = _summary(entry.result)
+        entry.summary = protocol.summary_of(entry.result)
         return entry
     try:
         entry.path = results.confined(settings.inbox, relative)
@@ -95,14 +92,14 @@ def _read(raw: Any, *, settings: Settings, runtime: Runtime, job: str, worker: s
             if entry.missing:
                 # Done by an earlier delivery that died before forgetting it; forget it now, so the
                 # same content dropped again later is queued again. A newer content's entry is untouched.
-                ledger.finish(runtime.redis, relative, entry.sha256, kept=False)
-            entry.summary = {"source": relative, "status": STALE, "digits": "", "error": None}
+                ledger.finish_many(runtime.redis, [(relative, entry.sha256, False)])
+            entry.summary = protocol.summary(relative, protocol.STALE)
             return entry
         entry.pending = recognition.prepare(data, max_pixels=settings.max_pixels, max_bytes=settings.max_image_bytes)
     except BadInput as error:
         log.info("job %s: %s is bad input: %s", job, relative, error)
-        entry.result = results.error_result(relative, f"{type(error).__name__}: {error}", model=model,
-                                            sha256=entry.sha256, worker=worker, job=job)
+        entry.result = protocol.result(relative, error=f"{type(error).__name__}: {error}", model=model,
+                                       sha256=entry.sha256, worker=worker, job=job)
     return entry
 
 
@@ -141,15 +138,15 @@ def _conclude(entries: list[InboxFile], *, settings: Settings, runtime: Runtime,
     """
     if not entries:
         return
-    results.write_json_many([(results.result_path(settings.results, entry.relative), entry.result)
+    results.write_json_files([(results.result_path(settings.results, entry.relative), entry.result)
                              for entry in entries])
     record_rows(runtime, [(entry.result, entry.sha256) for entry in entries], job=job)
     finished = []
     for entry in entries:
-        disposition = settings.on_error if entry.result["status"] == results.ERROR else settings.on_success
+        disposition = settings.on_error if entry.result["status"] == protocol.ERROR else settings.on_success
         kept = _dispose(entry, disposition=disposition, settings=settings, job=job)
         finished.append((entry.relative, entry.sha256, kept))
-        entry.summary = _summary(entry.result)
+        entry.summary = protocol.summary_of(entry.result)
     ledger.finish_many(runtime.redis, finished)
 
 
@@ -168,7 +165,7 @@ def _dispose(entry: InboxFile, *, disposition: str, settings: Settings, job: str
     if disposition == "delete":
         entry.path.unlink(missing_ok=True)
         return False
-    destination = settings.processed if entry.result["status"] != results.ERROR else settings.failed
+    destination = settings.processed if entry.result["status"] != protocol.ERROR else settings.failed
     moved = results.move_aside(entry.path, destination, entry.relative)
     log.debug("job %s: moved %s to %s", job, entry.relative, moved)
     return False
@@ -190,7 +187,7 @@ def record_rows(runtime: Runtime, rows: list[tuple[dict[str, Any], str]], *, job
     client = runtime.redis
     csv_path = runtime.settings.results / results.CSV_NAME
     ttl = int(2 * runtime.settings.visibility_timeout + 3600)
-    keyed = {f"{ROW_MARK_PREFIX}{job}:{sha256}:{result['source']}": result for result, sha256 in rows}
+    keyed = {f"{protocol.ROW_MARK_PREFIX}{job}:{sha256}:{result['source']}": result for result, sha256 in rows}
     marks = client.mget(list(keyed)) if keyed else []
     appended, found = {}, {}
     for (key, result), mark in zip(keyed.items(), marks):
@@ -217,10 +214,5 @@ def _mark_done(client, keyed: dict[str, dict[str, Any]], *, ttl: int) -> None:
     for key in keyed:
         pipe.set(key, DONE, ex=ttl)
     for status, count in collections.Counter(result["status"] for result in keyed.values()).items():
-        pipe.incrby(COUNTER_PREFIX + status, count)
+        pipe.incrby(protocol.counter_key(status), count)
     pipe.execute()
-
-
-def _summary(result: dict[str, Any]) -> dict[str, Any]:
-    return {"source": result["source"], "status": result["status"], "digits": result["digits"],
-            "error": result["error"]}

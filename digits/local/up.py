@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from digits.children import Child
-from digits.embedded_redis import LOCK_FILE, EmbeddedRedis
-from digits.errors import ConfigError, DigitsError, WeightsError
-from digits.settings import Settings, add_flags, env_name, redact_url
+from core.errors import ConfigError, DigitsError, WeightsError
+from core.settings import Settings, add_flags, env_name, redact_url
+from digits.local.children import Child
+from digits.local.embedded_redis import LOCK_FILE, EmbeddedRedis
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Progress:
 
         client = status.redis_client(self.url)
         try:
-            from digits import ledger
+            from core import ledger
 
             counted = status.counts(client)
             waiting = ledger.count_queued(client)
@@ -189,7 +189,7 @@ def _files_in(folder: Path) -> int:
 
 def check_weights(settings: Settings) -> None:
     """Fail at once, before anything starts, rather than when the worker cannot load a model."""
-    from digits.model import current_version
+    from core.weights import current_version
 
     if current_version(settings.weights) is None:
         raise WeightsError(f"no weights published in {settings.weights}: train some with `digits train`, "

@@ -1,0 +1,119 @@
+"""The wire protocol: queue and task names, Redis keys, the JSON-only Celery configuration, the result object.
+
+Everything another program relies on to talk to the service is defined here once; the worker, the
+watcher and the command line all read it from here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+# --- names on the broker -----------------------------------------------------------------------
+
+QUEUE = "digits"
+TASK_RECOGNIZE = "digits.recognize"
+TASK_PROCESS_FILES = "digits.process_files"
+TASK_NAMES = (TASK_RECOGNIZE, TASK_PROCESS_FILES)
+INFO_COMMAND = "digits_info"  # the Celery inspect command each worker answers (digits status)
+
+# --- Redis keys --------------------------------------------------------------------------------
+
+LEDGER_KEY = "digits:ledger"        # hash: inbox path -> "<state>:<sha256>:<unix time>"
+COUNTER_PREFIX = "digits:count:"    # + status: results made, for digits status and digits up
+ROW_MARK_PREFIX = "digits:row:"     # + job:sha256:source: results.csv row written once per job and file
+
+# --- the result object -------------------------------------------------------------------------
+
+OK = "ok"
+NO_DIGIT = "no_digit"
+ERROR = "error"
+STALE = "stale"  # process_files only: the file changed or left the inbox; a newer job handles it
+STATUSES = (OK, NO_DIGIT, ERROR)
+TOP_ALTERNATIVES = 3
+RESULT_FIELDS = ("source", "status", "digits", "confidence", "error", "model", "sha256", "pages", "details",
+                 "processed_at", "worker", "job")
+
+
+def counter_key(status: str) -> str:
+    return COUNTER_PREFIX + status
+
+
+COUNTER_KEYS = {status: counter_key(status) for status in STATUSES}
+
+
+def json_only(**extra: Any) -> dict[str, Any]:
+    """Celery settings that make an app send and accept JSON only (pickle from a reachable Redis runs anyone's code)."""
+    return {"task_serializer": "json", "result_serializer": "json", "accept_content": ["json"],
+            "result_accept_content": ["json"], "timezone": "UTC", **extra}
+
+
+def client_app(name: str, url: str, *, results: bool = False, **extra: Any):
+    """A bare Celery app for sending jobs by task name (nothing of the worker imported), JSON only."""
+    from celery import Celery
+
+    app = Celery(name, broker=url, backend=url if results else None, set_as_current=False)
+    app.conf.update(json_only(**extra))
+    return app
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def digit_details(probabilities, boxes: Sequence[Sequence[int]], *, page: int) -> list[dict[str, Any]]:
+    """Per-digit details from softmax rows: best digit, its confidence, the top three and the box."""
+    import numpy as np
+
+    details = []
+    for row, box in zip(np.asarray(probabilities, dtype=np.float64), boxes):
+        order = np.argsort(-row, kind="stable")[:TOP_ALTERNATIVES]
+        details.append({
+            "digit": str(int(order[0])),
+            "confidence": round(float(row[order[0]]), 6),
+            "top": [[str(int(index)), round(float(row[index]), 6)] for index in order],
+            "box": [int(value) for value in box],
+            "page": page,
+        })
+    return details
+
+
+def page_result(index: int, details: list[dict[str, Any]]) -> dict[str, Any]:
+    """One page: its digit string, lowest digit confidence (0 when none) and its details."""
+    return {
+        "page": index,
+        "digits": "".join(detail["digit"] for detail in details),
+        "confidence": min((detail["confidence"] for detail in details), default=0.0),
+        "details": details,
+    }
+
+
+def result(source: str, *, pages: list[dict[str, Any]] | None = None, error: str | None = None,
+           model: str | None = None, sha256: str | None = None, worker: str | None = None,
+           job: str | None = None) -> dict[str, Any]:
+    """The result object: status ok, no_digit (no page holds a digit) or, with an error message, error."""
+    pages = [] if error is not None else (pages or [])
+    details = [detail for page in pages for detail in page["details"]]
+    return {
+        "source": source,
+        "status": ERROR if error is not None else (OK if details else NO_DIGIT),
+        "digits": " ".join(page["digits"] for page in pages if page["digits"]),
+        "confidence": min((detail["confidence"] for detail in details), default=0.0),
+        "error": error,
+        "model": model,
+        "sha256": sha256,
+        "pages": pages,
+        "details": details,
+        "processed_at": now_iso(),
+        "worker": worker,
+        "job": job,
+    }
+
+
+def summary(source: str, status: str, *, digits: str = "", error: str | None = None) -> dict[str, Any]:
+    """What digits.process_files returns per file (the full result lives in the results file)."""
+    return {"source": source, "status": status, "digits": digits, "error": error}
+
+
+def summary_of(full: dict[str, Any]) -> dict[str, Any]:
+    return summary(full["source"], full["status"], digits=full["digits"], error=full["error"])
