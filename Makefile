@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 INSTALLED = $(VENV)/.installed
 
-.PHONY: install up test bench
+.PHONY: install up test test-fast bench
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ up: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
+
+# The in-process tier: no worker process, no trained model; well under a minute.
+test-fast: $(INSTALLED)
+	$(BIN)/python -m pytest -m fast
 
 bench: $(INSTALLED)
 	$(BIN)/python -m bench.inference

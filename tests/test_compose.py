@@ -10,6 +10,8 @@ import yaml
 
 from core.settings import environment_variables
 
+pytestmark = pytest.mark.fast
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"

@@ -1,6 +1,10 @@
 """The exactly-once ledger: a path with the same content is claimed once; new content is claimed again."""
 
+import pytest
+
 from core import ledger
+
+pytestmark = pytest.mark.fast
 
 
 def test_same_content_is_claimed_once_and_new_content_again(redis_client):

@@ -24,6 +24,8 @@ from core.errors import (
 from trainer import scans as scan_set
 from worker.normalise import Glyph, Page, normalise
 
+pytestmark = pytest.mark.fast
+
 
 def encoded(image: Image.Image, image_format: str = "PNG", **options) -> bytes:
     buffer = io.BytesIO()

@@ -11,6 +11,8 @@ from core import protocol
 from core.errors import UnsafePath
 from worker import results_files as results
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.mark.parametrize("relative", ["/etc/passwd", "../x.png", "a/../../x.png", "a//b.png", "./a.png", "",
                                       "a\\..\\b.png", "nul\x00.png"])

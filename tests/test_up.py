@@ -206,7 +206,8 @@ def test_services_stop_by_themselves_when_digits_up_is_killed(tmp_path, weights)
 
 
 def test_the_cli_modules_import_neither_tensorflow_nor_celery():
-    code = ("import sys, digits.up, digits.status, digits.submit, digits.embedded_redis; "
+    code = ("import sys, digits.local.up, digits.status, digits.submit, digits.versions, digits.use, "
+            "digits.local.embedded_redis; "
             "print(sorted({name.split('.')[0] for name in sys.modules} & {'tensorflow', 'keras', 'celery'}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr

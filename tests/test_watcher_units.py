@@ -17,6 +17,8 @@ from watcher.content import Fingerprint, sha256_of
 from watcher.filters import name_skip
 from watcher.readiness import ReadinessTracker
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.mark.parametrize("relative", [
     ".hidden.png", ".DS_Store", "._scan.png", "scan.png.part", "scan.tmp", "scan.png~", "Thumbs.db",

@@ -3,9 +3,12 @@
 import threading
 
 import numpy as np
+import pytest
 
 from worker.batching import Batcher
 from worker.holder import Predictor
+
+pytestmark = pytest.mark.fast
 
 
 class CountingModel:

@@ -2,12 +2,15 @@
 
 from types import SimpleNamespace
 
+import pytest
 from conftest import csv_rows
 
 from core import protocol
 from core.settings import Settings
 from worker import process_files
 from worker import results_files as results
+
+pytestmark = pytest.mark.fast
 
 SHA = "a" * 64
 

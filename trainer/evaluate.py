@@ -1,14 +1,28 @@
-"""`digits eval`: accuracy of a weights version on the 10,000 MNIST test images, overall and per class."""
+"""How good a model is: MNIST test accuracy per class (`digits eval`), and the figures the promotion gate compares."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from core import weights as weights_store
 from core.device import configure
+from core.errors import BadInput
 from trainer import data as mnist_data
+
+log = logging.getLogger(__name__)
+
+# The realistic scan set of the gate: generated pages of MNIST test digits (never trained on), read the
+# way the worker reads them. Fixed seed and size, so every model is judged on the same pages.
+SCAN_SET_SEED = 2026
+SCAN_SET_SINGLE_DIGITS = 200
+SCAN_SET_NUMBERS = 50
+PREDICT_BATCH = 512
 
 
 def accuracy_report(labels: np.ndarray, predicted: np.ndarray) -> dict:
@@ -39,3 +53,64 @@ def format_report(report: dict) -> str:
     for digit, accuracy in enumerate(report["per_class_accuracy"]):
         lines.append(f"{digit:>5}  {confusion[digit].sum():>6}  {100 * accuracy:>7.2f}%")
     return "\n".join(lines)
+
+
+def gate_figures(model, test_x: np.ndarray, test_y: np.ndarray) -> dict[str, float]:
+    """What the promotion gate compares: MNIST test accuracy and the share of scan-set pages read exactly right."""
+    predicted = model.predict(test_x, batch_size=PREDICT_BATCH, verbose=0).argmax(axis=1)
+    glyphs, counts, labels = scan_set()
+    read = (model.predict(glyphs[..., None], batch_size=PREDICT_BATCH, verbose=0).argmax(axis=1)
+            if len(glyphs) else np.zeros(0, np.int64))
+    right, start = 0, 0
+    for count, label in zip(counts, labels):
+        right += "".join(str(int(digit)) for digit in read[start:start + count]) == label
+        start += count
+    return {"mnist_test": round(float((predicted == test_y).mean()), 6), "scans": round(right / len(labels), 6),
+            "scan_pages": len(labels)}
+
+
+def scan_set(cache: Path | None = None) -> tuple[np.ndarray, list[int], list[str]]:
+    """The scan set's glyph images (n, 28, 28), glyphs found per page and each page's digits.
+
+    Generating and normalising the pages takes seconds, so the result is cached, keyed by the code that
+    makes it: a change to the scan painter or to the normalisation makes a new set.
+    """
+    from trainer import scans
+    from worker import normalise
+
+    key = hashlib.sha256(b"%d %d %d" % (SCAN_SET_SEED, SCAN_SET_SINGLE_DIGITS, SCAN_SET_NUMBERS))
+    for module in (scans, normalise):
+        key.update(Path(module.__file__).read_bytes())
+    path = (cache or mnist_data.default_cache()) / f"scan-set-{key.hexdigest()[:16]}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return stored["glyphs"], stored["counts"].tolist(), [str(label) for label in stored["labels"]]
+    except (OSError, ValueError, KeyError):
+        pass
+    glyphs, counts, labels = [], [], []
+    pages = (scans.single_digits(SCAN_SET_SINGLE_DIGITS, seed=SCAN_SET_SEED)
+             + scans.numbers(SCAN_SET_NUMBERS, seed=SCAN_SET_SEED))
+    for scan in pages:
+        try:
+            read = normalise.normalise(scan.data)
+        except BadInput:
+            read = []
+        for index, label in enumerate(scan.labels):
+            found = [glyph.image for glyph in read[index].glyphs] if index < len(read) else []
+            glyphs.extend(found)
+            counts.append(len(found))
+            labels.append(label)
+    images = np.stack(glyphs).astype(np.float32) if glyphs else np.zeros((0, 28, 28), np.float32)
+    _save_atomically(path, glyphs=images, counts=np.array(counts), labels=np.array(labels))
+    return images, counts, labels
+
+
+def _save_atomically(path: Path, **arrays: np.ndarray) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=".scan-set-", suffix=".npz", dir=path.parent)
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(temporary, path)
+    except OSError as error:  # a read-only cache only costs the next run the same seconds again
+        log.warning("could not cache the scan set in %s: %s", path.parent, error)

@@ -10,6 +10,7 @@ import shlex
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import numpy as np
 
 from core import weights as weights_store
 from core.device import configure
+from core.errors import WeightsError
 from trainer import architectures
 from trainer import data as mnist_data
-from trainer.evaluate import accuracy_report
+from trainer.evaluate import accuracy_report, gate_figures
 from trainer.plots import save_confusion_matrix, save_curves
 
 log = logging.getLogger(__name__)
@@ -95,9 +97,19 @@ class Progress:
             raise KeyboardInterrupt
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """A published version, and whether it became current and why."""
+
+    folder: Path
+    promoted: bool
+    reason: str
+
+
 def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data: Path | None,
-          limit: int | None, version: str | None, argv: list[str]) -> Path:
-    """Train, evaluate and publish; returns the published version folder. Nothing is published on failure."""
+          limit: int | None, version: str | None, argv: list[str], promote: bool = False) -> Outcome:
+    """Train, evaluate, publish, then make the version current only when it passes the promotion gate (or
+    `promote` says so). Nothing is published on failure."""
     architectures.check_architecture(arch)
     weights_store.check_writable(weights)
     device_name = configure(device)
@@ -137,7 +149,9 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
 
     probabilities = net.predict(mnist.test_x, batch_size=512, verbose=0)
     report = accuracy_report(mnist.test_y, probabilities.argmax(axis=1))
-    log.info("test accuracy %.2f%% on %d MNIST test images", 100 * report["accuracy"], len(mnist.test_y))
+    evaluation = gate_figures(net, mnist.test_x, mnist.test_y)
+    log.info("test accuracy %.2f%% on %d MNIST test images, %.2f%% of %d scan-set pages read right",
+             100 * report["accuracy"], len(mnist.test_y), 100 * evaluation["scans"], evaluation["scan_pages"])
 
     version = version or f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{arch}"
     card = {
@@ -159,6 +173,7 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
         "training_seconds": round(training_seconds, 1),
         "seconds_per_epoch": round(training_seconds / epochs, 1),
         "test_accuracy": report["accuracy"],
+        "evaluation": evaluation,
         "per_class_accuracy": report["per_class_accuracy"],
         "confusion_matrix": report["confusion_matrix"],
         "history": {key: [float(value) for value in values] for key, values in history.history.items()},
@@ -173,5 +188,30 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
         save_confusion_matrix(np.array(report["confusion_matrix"]), folder / "confusion_matrix.png",
                               title=f"{version}: {100 * report['accuracy']:.2f}% on MNIST test")
 
-    return weights_store.publish(weights, version, write)
+    folder = weights_store.publish(weights, version, write, make_current=False)
+    promoted, reason = _gate(weights, version, evaluation, promote=promote, test_x=mnist.test_x,
+                             test_y=mnist.test_y)
+    if promoted:
+        weights_store.point_to(weights, version)
+    log.info("version %s %s: %s", version, "is now current" if promoted else "was not made current", reason)
+    return Outcome(folder, promoted, reason)
+
+
+def _gate(weights: Path, version: str, figures: dict, *, promote: bool, test_x, test_y) -> tuple[bool, str]:
+    """Whether a new version may become current: at least as good as the current one on the same evaluation."""
+    if promote:
+        return True, "promoted as asked (--promote)"
+    current = weights_store.current_version(weights)
+    if current is None:
+        return True, "the first version in this folder"
+    try:
+        model, _ = weights_store.load(weights, current)
+    except WeightsError as error:
+        return True, f"the current version {current} cannot be loaded ({error})"
+    theirs = gate_figures(model, test_x, test_y)
+    compared = (f"MNIST test {100 * figures['mnist_test']:.2f}% vs {100 * theirs['mnist_test']:.2f}%, "
+                f"scan set {100 * figures['scans']:.2f}% vs {100 * theirs['scans']:.2f}% for {current}")
+    if figures["mnist_test"] >= theirs["mnist_test"] and figures["scans"] >= theirs["scans"]:
+        return True, f"at least as good as the current version ({compared})"
+    return False, f"worse than the current version ({compared})"
 
