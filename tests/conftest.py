@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -140,3 +141,13 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
         return []
     with open(path, encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="session")
+def small_npz(tmp_path_factory, mnist) -> Path:
+    """600 training and 200 test images as a Keras-style mnist.npz (uint8, like keras.datasets)."""
+    path = tmp_path_factory.mktemp("data") / "mnist.npz"
+    to_bytes = lambda images: (images[..., 0] * 255).round().astype(np.uint8)  # noqa: E731
+    np.savez(path, x_train=to_bytes(mnist.train_x[:600]), y_train=mnist.train_y[:600],
+             x_test=to_bytes(mnist.test_x[:200]), y_test=mnist.test_y[:200])
+    return path

@@ -21,16 +21,6 @@ from trainer import architectures, data
 from worker.fold import for_inference
 
 
-@pytest.fixture(scope="module")
-def small_npz(tmp_path_factory, mnist) -> Path:
-    """600 training and 200 test images as a Keras-style mnist.npz (uint8, like keras.datasets)."""
-    path = tmp_path_factory.mktemp("data") / "mnist.npz"
-    to_bytes = lambda images: (images[..., 0] * 255).round().astype(np.uint8)  # noqa: E731
-    np.savez(path, x_train=to_bytes(mnist.train_x[:600]), y_train=mnist.train_y[:600],
-             x_test=to_bytes(mnist.test_x[:200]), y_test=mnist.test_y[:200])
-    return path
-
-
 def test_wheel_source_has_the_full_splits_and_its_hash(mnist):
     assert (len(mnist.train_x), len(mnist.val_x), len(mnist.test_x)) == (50_000, 10_000, 10_000)
     assert mnist.train_x.shape[1:] == (28, 28, 1) and mnist.train_x.dtype == np.float32
