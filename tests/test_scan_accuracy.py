@@ -9,7 +9,7 @@ from trainer.scans import numbers, single_digits
 
 SINGLES = 300
 NUMBERS = 100
-SEED = 31  # not bench.accuracy's default, so the test and the README figures are separate samples
+SEED = 31  # not bench.accuracy's default, so the test and the figures in docs/ are separate samples
 
 
 @pytest.fixture(scope="module")

@@ -161,3 +161,10 @@ def test_submit_wait_gives_up_with_exit_9_when_no_worker_runs(tmp_path, scans):
         assert done.returncode == NoWorkerError.exit_code and "no result" in done.stderr
     finally:
         server.stop()
+
+
+def test_submit_exits_8_with_one_line_when_redis_is_down(tmp_path, scans):
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    done = digits("submit", *list(scans)[:1], environment=clean_environment(DIGITS_BROKER_URL=dead))
+    assert done.returncode == BrokerUnavailable.exit_code
+    assert done.stderr.splitlines() == [done.stderr.strip()] and "digits submit: error: cannot reach Redis" in done.stderr

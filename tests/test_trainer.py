@@ -92,27 +92,32 @@ def test_train_smoke_publishes_a_version_that_loads_and_predicts(tmp_path, small
     assert sum(map(sum, card["confusion_matrix"])) == 200
     net, version = weights_store.load(weights)
     probabilities = net.predict(np.zeros((3, 28, 28, 1), np.float32), verbose=0)
-    assert version == "smoke" and probabilities.shape == (3, 10)
+    assert version == "smoke" and probabilities.shape == (3, 11)  # ten digits and "not a digit"
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+
+
+def write_version(folder: Path, model: bytes) -> None:
+    (folder / weights_store.MODEL_FILE).write_bytes(model)
+    (folder / weights_store.CARD_FILE).write_text('{"architecture": "test"}')
 
 
 def test_failed_publish_leaves_the_current_version_intact(tmp_path):
     weights = tmp_path / "weights"
-    weights_store.publish(weights, "good", lambda folder: (folder / "model.keras").write_bytes(b"x"))
+    weights_store.publish(weights, "good", lambda folder: write_version(folder, b"x"))
 
     def interrupted(folder: Path) -> None:
-        (folder / "model.keras").write_bytes(b"half")
+        write_version(folder, b"half")
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         weights_store.publish(weights, "half", interrupted)
     assert weights_store.current_version(weights) == "good"
-    assert sorted(p.name for p in weights.iterdir()) == ["CURRENT", "good"]
+    assert sorted(p.name for p in weights.iterdir()) == ["CURRENT", "HISTORY", "good"]
 
 
 def test_interrupted_training_run_publishes_nothing(tmp_path, small_npz):
     weights = tmp_path / "weights"
-    weights_store.publish(weights, "old", lambda folder: (folder / "model.keras").write_bytes(b"x"))
+    weights_store.publish(weights, "old", lambda folder: write_version(folder, b"x"))
     process = subprocess.Popen([sys.executable, "-m", "digits", "train", "--data", str(small_npz), "--epochs",
                                 "200", "--weights", str(weights)], stderr=subprocess.PIPE, text=True)
     lines = []
@@ -121,7 +126,7 @@ def test_interrupted_training_run_publishes_nothing(tmp_path, small_npz):
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 130
     assert weights_store.current_version(weights) == "old"
-    assert sorted(p.name for p in weights.iterdir()) == ["CURRENT", "old"]
+    assert sorted(p.name for p in weights.iterdir()) == ["CURRENT", "HISTORY", "old"]
 
 
 @pytest.mark.parametrize("arguments, code, message", [
@@ -156,7 +161,7 @@ def test_architectures_costs_and_the_seed_optimizer():
 
 def test_broken_weights_are_refused_with_a_clear_error(tmp_path):
     weights = tmp_path / "weights"
-    weights_store.publish(weights, "broken", lambda folder: (folder / "model.keras").write_bytes(b"garbage"))
+    weights_store.publish(weights, "broken", lambda folder: write_version(folder, b"garbage"))
     with pytest.raises(WeightsError, match="cannot load weights version broken"):
         weights_store.load(weights)
 

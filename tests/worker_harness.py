@@ -71,6 +71,7 @@ def publish_broken(weights: Path, version: str) -> None:
 
     def write(staging: Path) -> None:
         (staging / model.MODEL_FILE).write_bytes(b"this is not a keras file")
+        (staging / model.CARD_FILE).write_text('{"architecture": "broken on purpose"}')
 
     model.publish(weights, version, write)
 

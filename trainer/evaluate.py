@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from core import calibration
 from core import weights as weights_store
+from core.calibration import NOT_A_DIGIT
 from core.device import configure
 from core.errors import BadInput
 from trainer import data as mnist_data
@@ -55,15 +57,16 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def gate_figures(model, test_x: np.ndarray, test_y: np.ndarray) -> dict[str, float]:
-    """What the promotion gate compares: MNIST test accuracy and the share of scan-set pages read exactly right."""
+def gate_figures(model, test_x: np.ndarray, test_y: np.ndarray, *, temperature: float = 1.0) -> dict[str, float]:
+    """What the promotion gate compares: MNIST test accuracy and the share of scan-set pages read exactly right
+    (a glyph the model calls "not a digit" is left out of its page, as the worker leaves it out)."""
     predicted = model.predict(test_x, batch_size=PREDICT_BATCH, verbose=0).argmax(axis=1)
     glyphs, counts, labels = scan_set()
     read = (model.predict(glyphs[..., None], batch_size=PREDICT_BATCH, verbose=0).argmax(axis=1)
             if len(glyphs) else np.zeros(0, np.int64))
     right, start = 0, 0
     for count, label in zip(counts, labels):
-        right += "".join(str(int(digit)) for digit in read[start:start + count]) == label
+        right += "".join(str(int(digit)) for digit in read[start:start + count] if digit < NOT_A_DIGIT) == label
         start += count
     return {"mnist_test": round(float((predicted == test_y).mean()), 6), "scans": round(right / len(labels), 6),
             "scan_pages": len(labels)}
@@ -114,3 +117,33 @@ def _save_atomically(path: Path, **arrays: np.ndarray) -> None:
         os.replace(temporary, path)
     except OSError as error:  # a read-only cache only costs the next run the same seconds again
         log.warning("could not cache the scan set in %s: %s", path.parent, error)
+
+
+def calibrate(model, val_x: np.ndarray, val_y: np.ndarray) -> dict:
+    """Temperature scaling on the validation split (digits and not-a-digit examples), the calibration error
+    before and after, and the operating points of the calibrated confidence on the validation digits."""
+    raw = model.predict(val_x, batch_size=PREDICT_BATCH, verbose=0)
+    temperature = calibration.fit_temperature(raw, val_y)
+    scaled = calibration.scale(raw, temperature)
+    digits = val_y < NOT_A_DIGIT
+    predicted = scaled[digits].argmax(axis=1)
+    # A digit answered "not a digit" is flagged, never accepted: its confidence counts as 0.
+    confidence = np.where(predicted < NOT_A_DIGIT, scaled[digits].max(axis=1), 0.0)
+    return {"temperature": temperature,
+            "expected_calibration_error": calibration.expected_calibration_error(scaled, val_y),
+            "expected_calibration_error_uncalibrated": calibration.expected_calibration_error(raw, val_y),
+            "validation_images": int(len(val_y)),
+            "operating_points": calibration.operating_points(confidence, predicted == val_y[digits])}
+
+
+def rejection_report(model, test_x: np.ndarray, *, seed: int, count: int = 3000) -> dict:
+    """How often not-a-digit examples in typefaces never trained on are rejected, and real digits wrongly are."""
+    from trainer.negatives import negatives
+
+    unseen = negatives(count, seed=seed + 2, held_out_fonts=True)[..., None]
+    if model.output_shape[-1] <= NOT_A_DIGIT:
+        return {"not_a_digit_rejected": 0.0, "digits_rejected": 0.0, "examples": count}
+    rejected = model.predict(unseen, batch_size=PREDICT_BATCH, verbose=0).argmax(axis=1) == NOT_A_DIGIT
+    wrongly = model.predict(test_x, batch_size=PREDICT_BATCH, verbose=0).argmax(axis=1) == NOT_A_DIGIT
+    return {"not_a_digit_rejected": round(float(rejected.mean()), 6),
+            "digits_rejected": round(float(wrongly.mean()), 6), "examples": count}

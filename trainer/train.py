@@ -21,7 +21,7 @@ from core.device import configure
 from core.errors import WeightsError
 from trainer import architectures
 from trainer import data as mnist_data
-from trainer.evaluate import accuracy_report, gate_figures
+from trainer.evaluate import accuracy_report, calibrate, gate_figures, rejection_report
 from trainer.plots import save_confusion_matrix, save_curves
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,13 @@ class Outcome:
     reason: str
 
 
+NEGATIVES_SHARE = 0.25  # not-a-digit examples per handwritten digit in training
+VALIDATION_NEGATIVES = 3000
+
+
 def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data: Path | None,
-          limit: int | None, version: str | None, argv: list[str], promote: bool = False) -> Outcome:
+          limit: int | None, version: str | None, argv: list[str], promote: bool = False,
+          init: str | None = None) -> Outcome:
     """Train, evaluate, publish, then make the version current only when it passes the promotion gate (or
     `promote` says so). Nothing is published on failure."""
     architectures.check_architecture(arch)
@@ -120,10 +125,16 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
     train_x, train_y = mnist.train_x, mnist.train_y
     if limit:
         train_x, train_y = train_x[:limit], train_y[:limit]
+    # The eleventh class: printed characters, lines and stains (trainer.negatives), a quarter as many.
+    train_x, train_y = _with_negatives(train_x, train_y, count=int(NEGATIVES_SHARE * len(train_x)), seed=seed)
+    val_x, val_y = _with_negatives(mnist.val_x, mnist.val_y, count=VALIDATION_NEGATIVES, seed=seed + 1)
     keras.utils.set_random_seed(seed)
     batch_size = architectures.BATCH_SIZE
     steps = int(np.ceil(len(train_x) / batch_size))
-    net, optimizer = architectures.build(arch, steps_per_epoch=steps, epochs=epochs)
+    net, optimizer = architectures.build(arch, steps_per_epoch=steps, epochs=epochs, fine_tune=init is not None)
+    if init is not None:
+        donor, _ = weights_store.load(weights, init)
+        log.info("warm start from version %s: %d layers copied", init, architectures.warm_start(net, donor))
     net.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     log.info("training %s (%d parameters, %.1fM multiply-adds per image) on %d images, %d epochs, device %s, "
              "data %s", arch, net.count_params(), architectures.multiply_adds(net) / 1e6, len(train_x), epochs,
@@ -143,13 +154,15 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
     progress = Progress(epochs)
     started = time.monotonic()
     with progress.stopping_on_signals():
-        history = net.fit(dataset, epochs=epochs, validation_data=(mnist.val_x, mnist.val_y), verbose=0,
+        history = net.fit(dataset, epochs=epochs, validation_data=(val_x, val_y), verbose=0,
                           shuffle=False, callbacks=[progress.callback])
     training_seconds = time.monotonic() - started
 
     probabilities = net.predict(mnist.test_x, batch_size=512, verbose=0)
     report = accuracy_report(mnist.test_y, probabilities.argmax(axis=1))
-    evaluation = gate_figures(net, mnist.test_x, mnist.test_y)
+    calibrated = calibrate(net, val_x, val_y)
+    rejection = rejection_report(net, mnist.test_x, seed=seed)
+    evaluation = gate_figures(net, mnist.test_x, mnist.test_y, temperature=calibrated["temperature"])
     log.info("test accuracy %.2f%% on %d MNIST test images, %.2f%% of %d scan-set pages read right",
              100 * report["accuracy"], len(mnist.test_y), 100 * evaluation["scans"], evaluation["scan_pages"])
 
@@ -174,6 +187,9 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
         "seconds_per_epoch": round(training_seconds / epochs, 1),
         "test_accuracy": report["accuracy"],
         "evaluation": evaluation,
+        "calibration": calibrated,
+        "rejection": rejection,
+        "warm_start": init,
         "per_class_accuracy": report["per_class_accuracy"],
         "confusion_matrix": report["confusion_matrix"],
         "history": {key: [float(value) for value in values] for key, values in history.history.items()},
@@ -197,6 +213,14 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
     return Outcome(folder, promoted, reason)
 
 
+def _with_negatives(images, labels, *, count: int, seed: int):
+    from trainer.negatives import NOT_A_DIGIT, negatives
+
+    extra = negatives(count, seed=seed)[..., None]
+    return (np.concatenate([images, extra]).astype(np.float32),
+            np.concatenate([labels, np.full(count, NOT_A_DIGIT, labels.dtype)]))
+
+
 def _gate(weights: Path, version: str, figures: dict, *, promote: bool, test_x, test_y) -> tuple[bool, str]:
     """Whether a new version may become current: at least as good as the current one on the same evaluation."""
     if promote:
@@ -208,7 +232,7 @@ def _gate(weights: Path, version: str, figures: dict, *, promote: bool, test_x, 
         model, _ = weights_store.load(weights, current)
     except WeightsError as error:
         return True, f"the current version {current} cannot be loaded ({error})"
-    theirs = gate_figures(model, test_x, test_y)
+    theirs = gate_figures(model, test_x, test_y, temperature=weights_store.temperature(weights, current))
     compared = (f"MNIST test {100 * figures['mnist_test']:.2f}% vs {100 * theirs['mnist_test']:.2f}%, "
                 f"scan set {100 * figures['scans']:.2f}% vs {100 * theirs['scans']:.2f}% for {current}")
     if figures["mnist_test"] >= theirs["mnist_test"] and figures["scans"] >= theirs["scans"]:

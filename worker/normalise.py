@@ -443,7 +443,7 @@ def _glyph(page_image: Image.Image, analysis: _Analysis, number: int, box: tuple
     page_box = (round((origin[0] + left * step) * scale), round((origin[1] + top * step) * scale),
                 round(min(width, origin[0] + right * step) * scale),
                 round(min(height, origin[1] + bottom * step) * scale))
-    return Glyph(_fit(values[top:bottom, left:right]), page_box)
+    return Glyph(fit(values[top:bottom, left:right]), page_box)
 
 
 def _fine_signal(page_image: Image.Image, analysis: _Analysis, member: np.ndarray,
@@ -510,7 +510,7 @@ def _positions(size: int) -> np.ndarray:
     return positions
 
 
-def _fit(ink: np.ndarray) -> np.ndarray:
+def fit(ink: np.ndarray) -> np.ndarray:
     """MNIST's own steps: fit into 20x20 keeping the aspect ratio, anti-aliased; centre of mass at the centre."""
     height, width = ink.shape
     ratio = BOX / max(height, width)
