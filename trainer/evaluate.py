@@ -28,7 +28,9 @@ PREDICT_BATCH = 512
 
 
 def accuracy_report(labels: np.ndarray, predicted: np.ndarray) -> dict:
-    confusion = np.zeros((10, 10), dtype=np.int64)
+    """Accuracy, per digit, and the confusion matrix: a row per true digit, a column per answer (the
+    eleventh column counts digits answered "not a digit")."""
+    confusion = np.zeros((10, 11), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
     return {

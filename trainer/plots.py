@@ -42,7 +42,8 @@ def save_confusion_matrix(confusion: np.ndarray, path: Path, *, title: str) -> N
         if count:
             axes.text(column, row, str(count), ha="center", va="center", fontsize=7,
                       color="white" if row == column else "black")
-    axes.set_xticks(range(10))
+    columns = confusion.shape[1]  # an eleventh column: digits answered "not a digit"
+    axes.set_xticks(range(columns), [str(digit) for digit in range(10)] + ["not"] * (columns - 10))
     axes.set_yticks(range(10))
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
