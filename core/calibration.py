@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-DIGIT_CLASSES = 10  # outputs 0..9 are the digits; an eleventh output, when a model has one, is "not a digit"
-NOT_A_DIGIT = 10
+from core.protocol import DIGIT_CLASSES
+
+NOT_A_DIGIT = DIGIT_CLASSES  # the eleventh output, when a model has one: "not a handwritten digit"
 
 
 def scale(probabilities: np.ndarray, temperature: float) -> np.ndarray:

@@ -31,7 +31,9 @@ ERROR = "error"
 STALE = "stale"  # process_files only: the file changed or left the inbox; a newer job handles it
 STATUSES = (OK, NO_DIGIT, ERROR)
 TOP_ALTERNATIVES = 3
-RESULT_FIELDS = ("source", "status", "digits", "confidence", "error", "model", "sha256", "pages", "details",
+DIGIT_CLASSES = 10  # a model's first ten outputs are the digits; an eleventh says "not a digit"
+DOUBTFUL_REJECTION = 0.3  # a glyph left out as "not a digit" with a digit this likely flags its number
+RESULT_FIELDS = ("source", "status", "digits", "confidence", "review", "error", "model", "sha256", "pages", "details",
                  "processed_at", "worker", "job")
 
 
@@ -62,29 +64,49 @@ def now_iso() -> str:
 
 
 def digit_details(probabilities, boxes: Sequence[Sequence[int]], *, page: int) -> list[dict[str, Any]]:
-    """Per-digit details from softmax rows: best digit, its confidence, the top three and the box."""
+    """Per-glyph details from calibrated softmax rows: best digit, its confidence, the top three digits, the
+    box, and (for models with the eleventh output) how likely the glyph is not a handwritten digit at all."""
     import numpy as np
 
     details = []
     for row, box in zip(np.asarray(probabilities, dtype=np.float64), boxes):
-        order = np.argsort(-row, kind="stable")[:TOP_ALTERNATIVES]
+        digits = row[:DIGIT_CLASSES]
+        order = np.argsort(-digits, kind="stable")[:TOP_ALTERNATIVES]
         details.append({
             "digit": str(int(order[0])),
-            "confidence": round(float(row[order[0]]), 6),
-            "top": [[str(int(index)), round(float(row[index]), 6)] for index in order],
+            "confidence": round(float(digits[order[0]]), 6),
+            "top": [[str(int(index)), round(float(digits[index]), 6)] for index in order],
+            "not_a_digit": round(float(row[DIGIT_CLASSES]), 6) if len(row) > DIGIT_CLASSES else 0.0,
             "box": [int(value) for value in box],
             "page": page,
         })
     return details
 
 
-def page_result(index: int, details: list[dict[str, Any]]) -> dict[str, Any]:
-    """One page: its digit string, lowest digit confidence (0 when none) and its details."""
+def number_result(details: list[dict[str, Any]], *, review_below: float) -> dict[str, Any] | None:
+    """A number from its glyphs' details: glyphs more likely "not a digit" than any digit leave it (None when
+    none is left). Flagged for review when its confidence (the lowest digit's) is below review_below, or when
+    a glyph left out was nearly a digit."""
+    kept = [detail for detail in details if detail["confidence"] >= detail["not_a_digit"]]
+    if not kept:
+        return None
+    doubtful = any(detail["confidence"] >= DOUBTFUL_REJECTION for detail in details if detail not in kept)
+    confidence = min(detail["confidence"] for detail in kept)
+    left, top = min(d["box"][0] for d in kept), min(d["box"][1] for d in kept)
+    right, bottom = max(d["box"][2] for d in kept), max(d["box"][3] for d in kept)
+    return {"digits": "".join(detail["digit"] for detail in kept), "box": [left, top, right, bottom],
+            "confidence": confidence, "review": confidence < review_below or doubtful, "details": kept}
+
+
+def page_result(index: int, numbers: list[dict[str, Any]]) -> dict[str, Any]:
+    """One page: its numbers in reading order joined by one space, the lowest confidence (0 when none)."""
     return {
         "page": index,
-        "digits": "".join(detail["digit"] for detail in details),
-        "confidence": min((detail["confidence"] for detail in details), default=0.0),
-        "details": details,
+        "digits": " ".join(number["digits"] for number in numbers),
+        "confidence": min((number["confidence"] for number in numbers), default=0.0),
+        "review": any(number["review"] for number in numbers),
+        "numbers": numbers,
+        "details": [detail for number in numbers for detail in number["details"]],
     }
 
 
@@ -98,7 +120,8 @@ def result(source: str, *, pages: list[dict[str, Any]] | None = None, error: str
         "source": source,
         "status": ERROR if error is not None else (OK if details else NO_DIGIT),
         "digits": " ".join(page["digits"] for page in pages if page["digits"]),
-        "confidence": min((detail["confidence"] for detail in details), default=0.0),
+        "confidence": min((page["confidence"] for page in pages if page["digits"]), default=0.0),
+        "review": any(page.get("review", False) for page in pages),
         "error": error,
         "model": model,
         "sha256": sha256,

@@ -16,7 +16,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_WEIGHTS = PROJECT_ROOT / "weights"
 
 DISPOSITIONS = ("move", "keep", "delete")
-DEFAULT_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "webp")
+DEFAULT_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "webp", "pdf")
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,11 @@ class Settings:
     state: Path = _setting(Path(".digits"), "Local state folder (embedded Redis data, logs)")
     device: str = _setting("auto", "auto (GPU when TensorFlow sees one), cpu or gpu")
     max_image_bytes: int = _setting(20_000_000, "Largest accepted image file or payload, in bytes")
-    max_pixels: int = _setting(40_000_000, "Largest accepted image, in pixels (checked before decoding)")
+    max_pixels: int = _setting(40_000_000, "Largest accepted image or rendered PDF page, in pixels (checked before "
+                               "decoding)")
+    pdf_dpi: int = _setting(150, "Resolution PDF pages are rendered at, in dots per inch")
+    review_below: float = _setting(0.9, "Numbers whose confidence (calibrated, the lowest of their digits) is "
+                                   "below this are flagged for review; see the model card's operating points")
     batch_size: int = _setting(64, "Most images the worker recognises in one model call")
     batch_wait_ms: float = _setting(5.0, "Longest the worker waits to fill a batch, in milliseconds")
     queue_batch: int = _setting(32, "Most inbox files the watcher sends in one job")
@@ -70,13 +74,15 @@ class Settings:
             raise ConfigError(f"device must be auto, cpu or gpu, not {self.device!r}")
         if self.workers < 0:
             raise ConfigError("workers must not be negative")
-        for name in ("max_image_bytes", "max_pixels", "batch_size", "queue_batch", "concurrency"):
+        for name in ("max_image_bytes", "max_pixels", "pdf_dpi", "batch_size", "queue_batch", "concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         for name in ("batch_wait_ms", "queue_wait_ms", "ready_delay", "poll_interval", "rescan_interval",
                      "reload_interval", "requeue_after"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
+        if not 0.0 <= self.review_below <= 1.0:
+            raise ConfigError("review_below must be between 0 and 1")
         if self.visibility_timeout <= 0:
             raise ConfigError("visibility_timeout must be positive")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

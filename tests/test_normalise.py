@@ -351,8 +351,10 @@ def test_odd_shapes_and_contents_never_crash(size, kind):
 
 
 def test_a_page_of_hundreds_of_marks_is_refused_not_read_as_a_number():
-    pixels = np.full((200, 3000), 230, np.uint8)
-    pixels[40:160, ::10] = 10
+    pixels = np.full((1000, 1000), 230, np.uint8)
+    for top in range(20, 960, 80):  # 12 rows of 33 bars: more marks than any page of numbers holds
+        for left in range(10, 990, 30):
+            pixels[top:top + 60, left:left + 12] = 10
     with pytest.raises(UnsupportedImage, match="separate marks on one page"):
         normalise(encoded(Image.fromarray(pixels)))
 

@@ -15,7 +15,6 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from worker.normalise import fit
 
-NOT_A_DIGIT = 10  # the class index of everything that is not a handwritten digit
 PRINTED = string.ascii_letters + string.digits + "$%&#@+=:;()[]*?€£§"
 # A single bar is how many people write a 1: printed characters that are nothing but a bar are left out alone.
 BARS = set("1lIij|!/-.,")

@@ -214,7 +214,8 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
 
 
 def _with_negatives(images, labels, *, count: int, seed: int):
-    from trainer.negatives import NOT_A_DIGIT, negatives
+    from core.calibration import NOT_A_DIGIT
+    from trainer.negatives import negatives
 
     extra = negatives(count, seed=seed)[..., None]
     return (np.concatenate([images, extra]).astype(np.float32),

@@ -25,10 +25,12 @@ class Predictor:
     predict: Callable[[np.ndarray], np.ndarray]
 
 
-def compile_predictor(model, version: str) -> Predictor:
-    """Wrap a Keras model (batch norms folded away) in one traced function for any batch size, and warm
-    it up with one inference."""
+def compile_predictor(model, version: str, *, temperature: float = 1.0) -> Predictor:
+    """Wrap a Keras model (batch norms folded away) in one traced function for any batch size, with its
+    calibration applied to what it answers, and warm it up with one inference."""
     import tensorflow as tf
+
+    from core.calibration import scale
 
     model = for_inference(model)
 
@@ -38,10 +40,10 @@ def compile_predictor(model, version: str) -> Predictor:
 
     def predict(images: np.ndarray) -> np.ndarray:
         batch = np.asarray(images, dtype=np.float32).reshape(-1, 28, 28, 1)
-        return forward(tf.constant(batch)).numpy()
+        return scale(forward(tf.constant(batch)).numpy(), temperature)
 
     probabilities = predict(np.zeros((1, 28, 28), dtype=np.float32))
-    if probabilities.shape != (1, weights_store.NUM_CLASSES) or not np.all(np.isfinite(probabilities)):
+    if probabilities.shape[1:] not in [(n,) for n in weights_store.OUTPUTS] or not np.all(np.isfinite(probabilities)):
         raise WeightsError(f"weights version {version} gives output {probabilities.shape} with non-finite values")
     return Predictor(version=version, predict=predict)
 
@@ -50,7 +52,7 @@ def load_predictor(weights: Path, version: str | None = None) -> Predictor:
     """Load a published version (the current one by default) and warm it up; raises WeightsError."""
     model, version = weights_store.load(weights, version)
     try:
-        return compile_predictor(model, version)
+        return compile_predictor(model, version, temperature=weights_store.temperature(weights, version))
     except WeightsError:
         raise
     except Exception as error:  # TensorFlow raises many kinds for a model that cannot run

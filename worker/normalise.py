@@ -1,14 +1,19 @@
-"""Turn any scan (bytes or a path) into MNIST-style 28x28 digits, one Page per page, digits left to right."""
+"""Turn any scan (bytes or a path) into MNIST-style 28x28 glyphs, grouped into numbers in reading order.
+
+Ruled lines, underlines and the boxes of forms are found and taken out first; the marks left are grouped
+into text lines (top to bottom) and numbers (left to right, split at wide gaps); marks as wide as two
+digits are split where their ink is thinnest. Whether a glyph is a handwritten digit at all is the
+model's call (its "not a digit" class), so printed labels reach it as glyphs and come back rejected.
+"""
 
 from __future__ import annotations
 
-import bisect
 import functools
 import io
-import itertools
 import math
 import os
 import statistics
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +33,7 @@ from core.errors import (
 FORMATS = {"PNG", "JPEG", "MPO", "TIFF", "BMP", "GIF", "WEBP"}
 MULTI_PAGE_FORMATS = {"TIFF", "GIF", "WEBP"}
 MAX_PAGES = 100
-MAX_DIGITS = 64  # more separate marks than this on one page is text or a pattern, not a written number
+MAX_MARKS = 300  # more separate marks than this on one page is a page of text or a pattern: refused
 ORIENTATION = 0x0112  # the EXIF tag
 # Pages in these modes stay as they are until reduced: Image.reduce takes them, and turning them grey
 # commutes with it. (It takes RGBA and LA too, but premultiplying alpha costs more than compositing.)
@@ -55,42 +60,105 @@ BORDER_DEPTH = 0.15  # borders are looked for this far in from each edge
 FRAGMENT = 0.7  # a piece less tall than this share of the typical digit is part of a neighbour
 JOIN_GAP = 0.4  # ... when it lies within this share of the typical digit height of it
 OVERLAP = 0.3  # components overlapping horizontally by this share of the narrower are one digit
+LINE_RUN = 1.8  # ink running straight for this many typical digit heights is a ruled line or a box side
+SIDE_RUN = 0.9  # ... and so is a vertical run this long that joins a line at both of its ends
+STACKED = 0.25  # marks overlapping horizontally this close vertically (share of the taller) are one glyph
+SAME_LINE = 0.5  # marks overlapping vertically by this share of the shorter are on one text line
+NUMBER_GAP = 0.9  # a gap wider than this share of the line's digit height ends a number
+WIDE = 1.0  # a glyph wider than its height may hold touching digits: it also comes split, for the model to judge
 _EIGHT_NEIGHBOURS = np.ones((3, 3), bool)  # diagonal steps join a stroke, as a pen draws them
 
 
 @dataclass(frozen=True)
 class Glyph:
-    """One digit: float32 (28, 28) in 0..1, white on black, and its box in the page's pixels."""
+    """One mark: float32 (28, 28) in 0..1, white on black, and its box in the page's pixels. A mark wide enough
+    to hold touching digits also comes cut where its ink is thinnest (`pieces`): the model's answers on the
+    whole and on the pieces decide which reading stands."""
 
     image: np.ndarray
+    box: tuple[int, int, int, int]
+    pieces: tuple["Glyph", ...] = ()
+
+
+@dataclass(frozen=True)
+class Number:
+    """Glyphs written together, left to right, and their box in the page's pixels."""
+
+    glyphs: tuple[Glyph, ...]
     box: tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
 class Page:
-    """One page of a file and its digits left to right (empty: no digit on this page)."""
+    """One page of a file and the numbers on it in reading order (empty: no mark on this page)."""
 
     index: int
-    glyphs: tuple[Glyph, ...]
+    numbers: tuple[Number, ...]
+
+    @property
+    def glyphs(self) -> tuple[Glyph, ...]:
+        return tuple(glyph for number in self.numbers for glyph in number.glyphs)
 
 
 def normalise(source: bytes | str | os.PathLike, *, max_pixels: int = 40_000_000,
-              max_bytes: int = 20_000_000) -> list[Page]:
-    """Every page of an image file as MNIST digits.
+              max_bytes: int = 20_000_000, pdf_dpi: int = 150) -> list[Page]:
+    """Every page of an image file or PDF as numbers of MNIST-style glyphs.
 
-    Raises a digits.errors.BadInput subclass (EmptyFile, NotAnImage, UnsupportedImage, ImageTooLarge,
+    Raises a core.errors.BadInput subclass (EmptyFile, NotAnImage, UnsupportedImage, ImageTooLarge,
     ImageTooSmall) for bad input; never anything else for any bytes.
     """
     data = _read(source, max_bytes=max_bytes)
+    if PDF_MAGIC in data[:1024]:
+        return [Page(index, _find_numbers(page_image, 1.0))
+                for index, page_image in enumerate(_pdf_pages(data, dpi=pdf_dpi, max_pixels=max_pixels))]
     image = _open(data)
     pages = []
     for index in range(_page_count(image)):
         page_image, scale = _decode_page(image, index, max_pixels=max_pixels)
-        pages.append(Page(index, _find_glyphs(page_image, scale)))
+        pages.append(Page(index, _find_numbers(page_image, scale)))
     return pages
 
 
 # --- reading and decoding ----------------------------------------------------------------------
+
+PDF_MAGIC = b"%PDF-"
+_PDFIUM = threading.Lock()  # PDFium is not thread-safe, and the worker normalises in several threads
+
+
+def _pdf_pages(data: bytes, *, dpi: int, max_pixels: int) -> list[Image.Image]:
+    """Every page of a PDF rendered in grey at `dpi`; page count and size are checked before rendering."""
+    import pypdfium2
+
+    with _PDFIUM:
+        try:
+            document = pypdfium2.PdfDocument(data)
+        except pypdfium2.PdfiumError as error:
+            if "password" in str(error).lower():
+                raise UnsupportedImage("the PDF is encrypted (password protected); send it unprotected") from None
+            raise NotAnImage(f"corrupt PDF: {error}") from None
+        try:
+            count = len(document)
+            if count == 0:
+                raise NotAnImage("the PDF has no pages")
+            if count > MAX_PAGES:
+                raise ImageTooLarge(f"{count} pages is more than the limit of {MAX_PAGES}")
+            rendered = []
+            for index in range(count):
+                page = document[index]
+                width, height = (math.ceil(side * dpi / 72) for side in page.get_size())
+                if width * height > max_pixels:
+                    raise ImageTooLarge(f"page {index} would be {width}x{height} pixels at {dpi} dpi, more than the "
+                                        f"limit of {max_pixels}")
+                if width < MIN_SIDE or height < MIN_SIDE:
+                    raise ImageTooSmall(f"page {index} is {width}x{height} pixels at {dpi} dpi")
+                try:
+                    rendered.append(page.render(scale=dpi / 72, grayscale=True).to_pil().convert("L"))
+                except pypdfium2.PdfiumError as error:
+                    raise NotAnImage(f"page {index} of the PDF cannot be rendered: {error}") from None
+            return rendered
+        finally:
+            document.close()
+
 
 
 def _read(source: bytes | str | os.PathLike, *, max_bytes: int) -> bytes:
@@ -226,23 +294,37 @@ class _Analysis:
     paper: np.ndarray  # the paper's grey level at analysis size
     signal: np.ndarray  # ink above paper at analysis size
     groups: np.ndarray  # int32 at analysis size: the group number (from 1) of each pixel, 0 for paper
-    boxes: list[tuple[int, int, int, int]]  # per group, analysis pixels, left to right
+    boxes: list[tuple[int, int, int, int]]  # per group, analysis pixels, in reading order
+    numbers: list[list[int]]  # group numbers (from 1) of each number, in reading order
+    pieces: dict[int, list[tuple[int, int, int, int]]]  # group -> boxes of its pieces, when it may hold several
+    lines: np.ndarray  # bool at analysis size: ruled lines and box sides taken out
     sigma: float
 
 
-def _find_glyphs(page_image: Image.Image, scale: float) -> tuple[Glyph, ...]:
+def _find_numbers(page_image: Image.Image, scale: float) -> tuple[Number, ...]:
     analysis = _analyse(page_image)
     if analysis is None:
         return ()
-    if len(analysis.boxes) > MAX_DIGITS:
-        raise UnsupportedImage(f"{len(analysis.boxes)} separate marks on one page: more than the "
-                               f"{MAX_DIGITS} digits a written number may have")
-    glyphs = []
-    for number, box in enumerate(analysis.boxes, start=1):
-        glyph = _glyph(page_image, analysis, number, box, scale)
-        if glyph is not None:
+    if len(analysis.boxes) > MAX_MARKS:
+        raise UnsupportedImage(f"{len(analysis.boxes)} separate marks on one page: more than the {MAX_MARKS} "
+                               "a page of handwritten numbers may have")
+    numbers = []
+    for members in analysis.numbers:
+        glyphs = []
+        for group in members:
+            glyph = _glyph(page_image, analysis, group, analysis.boxes[group - 1], scale)
+            if glyph is None:
+                continue
+            pieces = [_glyph(page_image, analysis, group, box, scale, piece=True)
+                      for box in analysis.pieces.get(group, [])]
+            if pieces and all(piece is not None for piece in pieces):
+                glyph = Glyph(glyph.image, glyph.box, tuple(pieces))
             glyphs.append(glyph)
-    return tuple(glyphs)
+        if glyphs:
+            box = (min(g.box[0] for g in glyphs), min(g.box[1] for g in glyphs),
+                   max(g.box[2] for g in glyphs), max(g.box[3] for g in glyphs))
+            numbers.append(Number(tuple(glyphs), box))
+    return tuple(numbers)
 
 
 def _analyse(page_image: Image.Image) -> _Analysis | None:
@@ -262,17 +344,25 @@ def _analyse(page_image: Image.Image) -> _Analysis | None:
     high = max(NOISE_SIGMAS * sigma, 0.5 * contrast)
     mask = signal > low
     _clear_borders(mask)
-    groups, boxes = _group(mask, signal > high, min_height=max(MIN_SIDE, MIN_GLYPH * min(width, height)) / factor)
+    min_height = max(MIN_SIDE, MIN_GLYPH * min(width, height)) / factor
+    lines = _take_out_lines(mask, min_height=min_height)
+    groups, boxes, numbers, pieces = _group(mask, signal > high, min_height=min_height)
     if not boxes:
         return None
-    return _Analysis(factor, dark_ink, paper, signal, groups, boxes, sigma)
+    return _Analysis(factor, dark_ink, paper, signal, groups, boxes, numbers, pieces, lines, sigma)
 
 
 def _dark_ink(small: Image.Image) -> bool:
-    """Paper covers most of a page, so the median is paper; ink lies on the far side of it."""
-    cumulative = list(itertools.accumulate(small.histogram()))  # 256 levels: plain Python beats numpy here
-    low, median, high = (bisect.bisect_left(cumulative, cumulative[-1] * share) for share in (0.01, 0.5, 0.99))
-    return median - low >= high - median
+    """Paper covers most of a page, so ink lies in the far tail of the page's difference from its local
+    median level (local: a shadow across a photo must not pass for ink)."""
+    width, height = small.size
+    cell = max(1, math.ceil(max(height, width) / BACKGROUND_CELLS))
+    cells = small.reduce(cell) if cell > 1 else small
+    level = cells.filter(ImageFilter.MedianFilter(5)).resize((width, height), Image.Resampling.BILINEAR,
+                                                             box=(0, 0, width / cell, height / cell))
+    residual = np.asarray(small, np.float32) - np.asarray(level, np.float32)
+    low, high = _quantiles(residual.ravel(), (0.005, 0.995))
+    return -low >= high
 
 
 def _paper(page: Image.Image, *, dark_ink: bool) -> np.ndarray:
@@ -337,13 +427,14 @@ def _clear_borders(mask: np.ndarray) -> None:
 
 
 def _group(mask: np.ndarray, strong: np.ndarray, *, min_height: float
-           ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
-    """Connected ink (8-neighbours), less dust and faint marks, merged where it overlaps horizontally,
-    left to right: the group number (from 1) of each pixel, 0 for paper, and each group's box."""
+           ) -> tuple[np.ndarray, list[tuple[int, int, int, int]], list[list[int]], dict]:
+    """Connected ink (8-neighbours), less dust and faint marks, in text lines, merged where it overlaps
+    horizontally: the group number (from 1) of each pixel, 0 for paper, each group's box, and the groups
+    of each number, all in reading order."""
     height, width = mask.shape
     labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
     if count == 0:
-        return labels, []
+        return labels, [], [], {}
     slices = ndimage.find_objects(labels)
     flat = labels.ravel()
     area = np.bincount(flat, minlength=count + 1)[1:]
@@ -361,26 +452,158 @@ def _group(mask: np.ndarray, strong: np.ndarray, *, min_height: float
     # Plain lists from here: the loops below touch a handful of components, and numpy scalars are slow.
     left, top, right, bottom, wide = left.tolist(), top.tolist(), right.tolist(), bottom.tolist(), wide.tolist()
     kept = np.flatnonzero(keep).tolist()
-    kept.sort(key=lambda index: left[index])
-    merged: list[list[int]] = []  # each: [left, top, right, bottom, component indexes...]
-    for index in kept:
-        if merged:
-            last = merged[-1]
-            overlap = min(last[2], right[index]) - max(last[0], left[index]) + 1
-            narrower = min(last[2] - last[0] + 1, wide[index])
-            if overlap >= OVERLAP * narrower:
-                last[0], last[1] = min(last[0], left[index]), min(last[1], top[index])
-                last[2], last[3] = max(last[2], right[index]), max(last[3], bottom[index])
-                last.append(index)
-                continue
-        merged.append([left[index], top[index], right[index], bottom[index], index])
-    merged = [group for group in _join_fragments(merged) if group[3] - group[1] + 1 >= min_height]
     number_of = np.zeros(count + 1, np.int32)  # by label; label 0 is paper
-    boxes = []
-    for number, group in enumerate(merged, start=1):
-        number_of[[index + 1 for index in group[4:]]] = number
-        boxes.append((int(group[0]), int(group[1]), int(group[2]) + 1, int(group[3]) + 1))
-    return number_of[labels], boxes
+    boxes: list[tuple[int, int, int, int]] = []
+    numbers: list[list[int]] = []
+    splits: list[tuple[int, list[int]]] = []  # (group, cut columns) of glyphs that may hold touching digits
+    # Pieces of one glyph (a 5's flag, a broken stroke) overlap horizontally and nearly touch vertically;
+    # digits of two text lines overlap horizontally too, but a line's gap lies between them.
+    pieces: list[list[int]] = []  # each: [left, top, right, bottom, component indexes...]
+    for index in sorted(kept, key=lambda index: left[index]):
+        for piece in reversed(pieces):
+            overlap = min(piece[2], right[index]) - max(piece[0], left[index]) + 1
+            narrower = min(piece[2] - piece[0] + 1, wide[index])
+            gap = max(piece[1], top[index]) - min(piece[3], bottom[index])
+            if overlap >= OVERLAP * narrower and gap <= STACKED * max(piece[3] - piece[1], bottom[index] - top[index]):
+                piece[0], piece[1] = min(piece[0], left[index]), min(piece[1], top[index])
+                piece[2], piece[3] = max(piece[2], right[index]), max(piece[3], bottom[index])
+                piece.append(index)
+                break
+        else:
+            pieces.append([left[index], top[index], right[index], bottom[index], index])
+    for merged in _text_lines(pieces):
+        merged.sort(key=lambda piece: piece[0])
+        merged = [group for group in _join_fragments(merged) if group[3] - group[1] + 1 >= min_height]
+        if not merged:
+            continue
+        typical = statistics.median(group[3] - group[1] + 1 for group in merged)
+        previous_right = None
+        for group in merged:
+            if previous_right is None or group[0] - previous_right > NUMBER_GAP * typical:
+                numbers.append([])
+            previous_right = group[2]
+            number_of[[index + 1 for index in group[4:]]] = len(boxes) + 1
+            boxes.append((int(group[0]), int(group[1]), int(group[2]) + 1, int(group[3]) + 1))
+            numbers[-1].append(len(boxes))
+            if group[2] - group[0] + 1 > WIDE * (group[3] - group[1] + 1):
+                parts = max(2, round((group[2] - group[0] + 1) / (0.75 * typical)))
+                splits.append((len(boxes), [group[0] + (group[2] - group[0] + 1) * k // parts
+                                            for k in range(1, parts)]))
+    grouped = number_of[labels]
+    pieces = {}
+    for group, cuts in splits:
+        found = _pieces(grouped, group, cuts, boxes[group - 1])
+        if found:
+            pieces[group] = found
+    return grouped, boxes, numbers, pieces
+
+
+def _text_lines(pieces: list[list[int]]) -> list[list[list[int]]]:
+    """Pieces grouped into text lines by vertical overlap, top to bottom."""
+    lines: list[list] = []  # each: [top, bottom, [pieces]]
+    for piece in sorted(pieces, key=lambda piece: (piece[1] + piece[3]) / 2):
+        best, best_share = None, SAME_LINE
+        for line in lines:
+            overlap = min(line[1], piece[3]) - max(line[0], piece[1]) + 1
+            shorter = min(line[1] - line[0] + 1, piece[3] - piece[1] + 1)
+            if overlap / shorter >= best_share:
+                best, best_share = line, overlap / shorter
+        if best is None:
+            lines.append([piece[1], piece[3], [piece]])
+        else:
+            best[0], best[1] = min(best[0], piece[1]), max(best[1], piece[3])
+            best[2].append(piece)
+    lines.sort(key=lambda line: line[0])
+    return [line[2] for line in lines]
+
+
+def _pieces(grouped: np.ndarray, group: int, cuts: list[int], box: tuple[int, int, int, int]
+            ) -> list[tuple[int, int, int, int]] | None:
+    """Boxes of a glyph cut near `cuts` at the columns where its ink is thinnest (None if a piece is empty)."""
+    left, top, right, bottom = box
+    member = grouped[top:bottom, left:right] == group
+    ink = member.sum(axis=0)
+    width = right - left
+    window = max(1, width // (3 * (len(cuts) + 1)))
+    columns = []
+    for cut in cuts:
+        low, high = max(1, cut - left - window), min(width - 1, cut - left + window + 1)
+        if low >= high:
+            return None
+        columns.append(low + int(np.argmin(ink[low:high])))
+    edges = [0, *columns, width]
+    found = []
+    for start, stop in zip(edges[:-1], edges[1:]):
+        rows = np.flatnonzero(member[:, start:stop].any(axis=1))
+        if rows.size == 0 or stop <= start:
+            return None
+        found.append((left + start, top + int(rows[0]), left + stop, top + int(rows[-1]) + 1))
+    return found
+
+
+def _take_out_lines(mask: np.ndarray, *, min_height: float) -> np.ndarray:
+    """Remove ruled lines, underlines and box sides from the ink mask (in place), keeping the pixels where a
+    stroke crosses them; returns what was taken out."""
+    typical = _typical_height(mask, min_height=min_height)
+    run = max(6, math.ceil(LINE_RUN * typical))
+    # A line tilted by a degree or two steps between rows: rows are joined by one pixel before looking.
+    thick = mask | np.roll(mask, 1, axis=0) | np.roll(mask, -1, axis=0)
+    horizontal = ndimage.binary_opening(thick, structure=np.ones((1, run), bool)) & mask
+    thick = mask | np.roll(mask, 1, axis=1) | np.roll(mask, -1, axis=1)
+    vertical = ndimage.binary_opening(thick, structure=np.ones((run, 1), bool)) & mask
+    if not horizontal.any() and not vertical.any():
+        return np.zeros_like(mask)
+    sides = _box_sides(mask & ~horizontal, horizontal, length=max(4, math.ceil(SIDE_RUN * typical)))
+    lines = horizontal | vertical | sides
+    rest = mask & ~lines
+    # A digit's stroke crossing a line continues on both sides of it: those line pixels stay.
+    crossing = lines & _near(rest, axis=0, sign=1) & _near(rest, axis=0, sign=-1) & ~vertical
+    crossing |= (vertical | sides) & _near(rest, axis=1, sign=1) & _near(rest, axis=1, sign=-1) & ~horizontal
+    taken = lines & ~crossing
+    mask &= ~taken
+    return taken
+
+
+def _typical_height(mask: np.ndarray, *, min_height: float) -> float:
+    """The median height of the marks shaped like characters (not lines, not frames)."""
+    labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
+    heights = []
+    for rows, cols in ndimage.find_objects(labels) or []:
+        tall, wide = rows.stop - rows.start, cols.stop - cols.start
+        if tall >= min_height and wide <= 2 * tall and tall <= 8 * wide:
+            heights.append(tall)
+    return float(statistics.median(heights)) if heights else max(min_height, mask.shape[0] / 4)
+
+
+def _box_sides(mask: np.ndarray, horizontal: np.ndarray, *, length: int) -> np.ndarray:
+    """Vertical strokes at least `length` long that meet a horizontal line at both ends: the sides of a box."""
+    vertical = ndimage.binary_opening(mask, structure=np.ones((length, 1), bool))
+    labels, count = ndimage.label(vertical)
+    sides = np.zeros_like(mask)
+    near_line = ndimage.binary_dilation(horizontal, iterations=2)
+    for number, (rows, cols) in enumerate(ndimage.find_objects(labels) or [], start=1):
+        if cols.stop - cols.start > max(3, (rows.stop - rows.start) // 3):
+            continue  # not a thin vertical stroke
+        if near_line[rows.start, cols].any() and near_line[rows.stop - 1, cols].any():
+            sides[rows, cols] |= labels[rows, cols] == number
+    return sides
+
+
+def _near(ink: np.ndarray, *, axis: int, sign: int, reach: int = 3) -> np.ndarray:
+    """Pixels with ink within `reach` pixels in one direction along an axis."""
+    found = np.zeros_like(ink)
+    for step in range(1, reach + 1):
+        shifted = np.roll(ink, sign * step, axis=axis)
+        if sign > 0:
+            index = [slice(None)] * 2
+            index[axis] = slice(0, step)
+            shifted[tuple(index)] = False
+        else:
+            index = [slice(None)] * 2
+            index[axis] = slice(-step, None)
+            shifted[tuple(index)] = False
+        found |= shifted
+    return found
 
 
 def _join_fragments(merged: list[list[int]]) -> list[list[int]]:
@@ -413,12 +636,13 @@ def _join_fragments(merged: list[list[int]]) -> list[list[int]]:
 
 
 def _glyph(page_image: Image.Image, analysis: _Analysis, number: int, box: tuple[int, int, int, int],
-           scale: float) -> Glyph | None:
+           scale: float, *, piece: bool = False) -> Glyph | None:
     factor = analysis.factor
     height_a, width_a = analysis.groups.shape
-    # One analysis pixel of margin catches the anti-aliased edge the threshold left out.
-    left_a, top_a = max(0, box[0] - 1), max(0, box[1] - 1)
-    right_a, bottom_a = min(width_a, box[2] + 1), min(height_a, box[3] + 1)
+    # One analysis pixel of margin catches the anti-aliased edge the threshold left out (not across a cut).
+    across = 0 if piece else 1
+    left_a, top_a = max(0, box[0] - across), max(0, box[1] - 1)
+    right_a, bottom_a = min(width_a, box[2] + across), min(height_a, box[3] + 1)
     member = analysis.groups[top_a:bottom_a, left_a:right_a] == number
     if factor == 1 or box[3] - box[1] >= ANALYSIS_GLYPH:
         # Tall enough on the reduced page already: its signal fits into 20x20 as well as the original would.
@@ -463,7 +687,7 @@ def _fine_signal(page_image: Image.Image, analysis: _Analysis, member: np.ndarra
     paper = _bilinear(analysis.paper[top_a:bottom_a, left_a:right_a], size)
     ink = paper - pixels if analysis.dark_ink else pixels - paper
     # Membership keeps other digits and dust out; grown by one analysis pixel for the stroke's soft edge.
-    member = _grid_max(member)
+    member = _grid_max(member) & ~analysis.lines[top_a:bottom_a, left_a:right_a]
     rows = (np.arange(size[1]) * member.shape[0]) // size[1]
     columns = (np.arange(size[0]) * member.shape[1]) // size[0]
     member = member[rows][:, columns]  # nearest analysis pixel for every crop pixel

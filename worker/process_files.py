@@ -60,7 +60,7 @@ def process(files: Any, *, runtime: Runtime, job: str, worker: str) -> list[dict
     for entry in open_entries:
         if entry.pending is not None:
             entry.result = recognition.finish(entry.pending, source=entry.relative, sha256=entry.sha256,
-                                              worker=worker, job=job)
+                                              worker=worker, job=job, review_below=settings.review_below)
     _conclude(open_entries, settings=settings, runtime=runtime, job=job)
     return [entry.summary for entry in entries]
 
@@ -95,7 +95,7 @@ def _read(raw: Any, *, settings: Settings, runtime: Runtime, job: str, worker: s
                 ledger.finish_many(runtime.redis, [(relative, entry.sha256, False)])
             entry.summary = protocol.summary(relative, protocol.STALE)
             return entry
-        entry.pending = recognition.prepare(data, max_pixels=settings.max_pixels, max_bytes=settings.max_image_bytes)
+        entry.pending = recognition.prepare(data, settings)
     except BadInput as error:
         log.info("job %s: %s is bad input: %s", job, relative, error)
         entry.result = protocol.result(relative, error=f"{type(error).__name__}: {error}", model=model,

@@ -26,12 +26,14 @@ class Pending:
     future: Future | None = None
 
 
-def prepare(data: bytes, *, max_pixels: int, max_bytes: int) -> Pending:
-    """Normalise a scan (in the caller's thread, beside inference); raises BadInput subclasses."""
+def prepare(data: bytes, settings) -> Pending:
+    """Normalise a scan (in the caller's thread, beside inference) within the settings' limits; raises
+    BadInput subclasses."""
     from worker.normalise import normalise
 
-    pages = normalise(data, max_pixels=max_pixels, max_bytes=max_bytes)
-    glyphs = [glyph.image for page in pages for glyph in page.glyphs]
+    pages = normalise(data, max_pixels=settings.max_pixels, max_bytes=settings.max_image_bytes,
+                      pdf_dpi=settings.pdf_dpi)
+    glyphs = images_of(pages)
     images = np.stack(glyphs).astype(np.float32) if glyphs else np.zeros((0, 28, 28), dtype=np.float32)
     return Pending(pages=list(pages), images=images)
 
@@ -42,27 +44,62 @@ def submit(batcher: Batcher, pending: list[Pending]) -> None:
         item.future = future
 
 
-def start(data: bytes, batcher: Batcher, *, max_pixels: int, max_bytes: int) -> Pending:
+def start(data: bytes, batcher: Batcher, settings) -> Pending:
     """Normalise a scan and queue its glyphs."""
-    pending = prepare(data, max_pixels=max_pixels, max_bytes=max_bytes)
+    pending = prepare(data, settings)
     submit(batcher, [pending])
     return pending
 
 
-def finish(pending: Pending, *, source: str, sha256: str, worker: str, job: str | None) -> dict[str, Any]:
+def finish(pending: Pending, *, source: str, sha256: str, worker: str, job: str | None,
+           review_below: float) -> dict[str, Any]:
     """Wait for the probabilities and build the result object."""
     try:
         probabilities, version = pending.future.result(timeout=INFERENCE_TIMEOUT_SECONDS)
     except FutureTimeout:
         raise Transient(f"inference did not answer within {INFERENCE_TIMEOUT_SECONDS:.0f}s") from None
-    pages, offset = [], 0
-    for page in pending.pages:
-        count = len(page.glyphs)
-        details = protocol.digit_details(probabilities[offset:offset + count],
-                                        [glyph.box for glyph in page.glyphs], page=page.index)
-        pages.append(protocol.page_result(page.index, details))
-        offset += count
-    return protocol.result(source, pages=pages, model=version, sha256=sha256, worker=worker, job=job)
+    return read(pending.pages, probabilities, source=source, model=version, sha256=sha256, worker=worker, job=job,
+                review_below=review_below)
+
+
+def read(pages: list, probabilities: np.ndarray, *, source: str, model: str | None, sha256: str | None,
+         worker: str | None, job: str | None, review_below: float) -> dict[str, Any]:
+    """The result object from normalised pages and the (calibrated) probabilities of their glyphs, in order:
+    glyphs the model calls "not a digit" leave their number; a number less sure than review_below, or one
+    that lost a glyph which was nearly a digit, is flagged for review."""
+    results, offset = [], 0
+    for page in pages:
+        numbers = []
+        for number in page.numbers:
+            details = []
+            for glyph in number.glyphs:
+                count = 1 + len(glyph.pieces)
+                found = protocol.digit_details(probabilities[offset:offset + count],
+                                               [glyph.box] + [piece.box for piece in glyph.pieces], page=page.index)
+                offset += count
+                details.extend(_reading(found[0], found[1:]))
+            found = protocol.number_result(details, review_below=review_below)
+            if found is not None:
+                numbers.append(found)
+        results.append(protocol.page_result(page.index, numbers))
+    return protocol.result(source, pages=results, model=model, sha256=sha256, worker=worker, job=job)
+
+
+def images_of(pages: list) -> list[np.ndarray]:
+    """The images the model reads for normalised pages, in the order read() expects: each glyph, then its pieces."""
+    return [image for page in pages for glyph in page.glyphs
+            for image in (glyph.image, *(piece.image for piece in glyph.pieces))]
+
+
+def _reading(whole: dict[str, Any], pieces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A mark read whole, or as its pieces (touching digits) when the model is surer of every piece."""
+    if not pieces:
+        return [whole]
+
+    def sureness(detail: dict[str, Any]) -> float:
+        return detail["confidence"] if detail["confidence"] >= detail["not_a_digit"] else 0.0
+
+    return pieces if min(sureness(piece) for piece in pieces) > sureness(whole) else [whole]
 
 
 def sha256_of(data: bytes) -> str:

@@ -21,7 +21,7 @@ from core.errors import UnsafePath
 
 CSV_NAME = "results.csv"
 CSV_COLUMNS = ("processed_at", "source", "status", "digits", "confidence", "model", "sha256", "error",
-               "worker", "job")
+               "worker", "job", "review")
 
 
 # --- paths -------------------------------------------------------------------------------------
@@ -155,6 +155,7 @@ def csv_row(result: dict[str, Any]) -> bytes:
     """One results.csv line for a result, encoded, ending in a newline."""
     values = {name: result.get(name) for name in CSV_COLUMNS}
     values["confidence"] = f"{float(result.get('confidence') or 0.0):.6f}"
+    values["review"] = "true" if result.get("review") else "false"
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerow(["" if values[name] is None else values[name]
                                                      for name in CSV_COLUMNS])

@@ -40,9 +40,9 @@ def recognize(self, image: str, name: str | None = None) -> dict[str, Any]:
     try:
         data = _decode(image, max_bytes=settings.max_image_bytes)
         sha256 = recognition.sha256_of(data)
-        pending = recognition.start(data, current.batcher, max_pixels=settings.max_pixels,
-                                    max_bytes=settings.max_image_bytes)
-        result = recognition.finish(pending, source=source, sha256=sha256, worker=worker, job=job)
+        pending = recognition.start(data, current.batcher, settings)
+        result = recognition.finish(pending, source=source, sha256=sha256, worker=worker, job=job,
+                                    review_below=settings.review_below)
     except BadInput as error:
         result = protocol.result(source, error=f"{type(error).__name__}: {error}",
                                  model=current.holder.current.version, sha256=sha256, worker=worker, job=job)
