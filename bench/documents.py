@@ -260,5 +260,5 @@ def _encode(page: Image.Image, kind: str, random) -> bytes:
     elif kind == "pdf":
         page.convert("RGB").save(buffer, format="PDF", resolution=150.0)
     else:
-        page.save(buffer, format="PNG")
+        page.save(buffer, format="PNG", compress_level=1)  # fast to write; the pixels are what matter
     return buffer.getvalue()

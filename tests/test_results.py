@@ -36,21 +36,37 @@ def test_symlink_leaving_the_folder_is_refused_and_one_inside_is_allowed(tmp_pat
     assert results.result_path(tmp_path / "results", "2026/scan 7.png") == tmp_path / "results/2026/scan 7.png.json"
 
 
-def test_the_result_object_joins_pages_and_takes_the_lowest_confidence():
-    first = protocol.digit_details(np.array([[0.01, 0.9, 0.09] + [0.0] * 7, [0.0, 0.0, 0.7, 0.3] + [0.0] * 6]),
-                                  [(1, 2, 3, 4), (5, 6, 7, 8)], page=0)
-    second = protocol.digit_details(np.array([[0.0] * 9 + [1.0]]), [(0, 0, 9, 9)], page=2)
-    pages = [protocol.page_result(0, first), protocol.page_result(1, []), protocol.page_result(2, second)]
+def test_the_result_object_joins_numbers_and_pages_and_takes_the_lowest_confidence():
+    first = protocol.digit_details(np.array([[0.01, 0.9, 0.09] + [0.0] * 8, [0.0, 0.0, 0.7, 0.3] + [0.0] * 7]),
+                                   [(1, 2, 3, 4), (5, 6, 7, 8)], page=0)
+    printed = protocol.digit_details(np.array([[0.05] + [0.0] * 9 + [0.95]]), [(9, 2, 12, 8)], page=0)
+    second = protocol.digit_details(np.array([[0.0] * 9 + [0.99, 0.01]]), [(0, 0, 9, 9)], page=0)
+    numbers = [protocol.number_result(first + printed, review_below=0.9),
+               protocol.number_result(second, review_below=0.9)]
+    assert protocol.number_result(printed, review_below=0.9) is None  # "not a digit" only: no number
+    pages = [protocol.page_result(0, numbers), protocol.page_result(1, [])]
     result = protocol.result("a.tif", pages=pages, model="v1", sha256="ab", worker="w@h", job="j")
     assert result["status"] == "ok" and result["digits"] == "12 9" and result["confidence"] == 0.7
     assert set(result) == set(protocol.RESULT_FIELDS)
+    (page, _) = result["pages"]
+    assert [number["digits"] for number in page["numbers"]] == ["12", "9"]
+    assert page["numbers"][0]["box"] == [1, 2, 7, 8] and page["numbers"][0]["review"]  # 0.7 < 0.9
+    assert not page["numbers"][1]["review"] and result["review"]
     assert result["details"][0]["top"] == [["1", 0.9], ["2", 0.09], ["0", 0.01]]
     assert result["details"][1]["box"] == [5, 6, 7, 8] and result["details"][1]["page"] == 0
     empty = protocol.result("b.png", pages=[protocol.page_result(0, [])], model="v1", sha256="cd", worker="w")
-    assert (empty["status"], empty["digits"], empty["confidence"]) == ("no_digit", "", 0.0)
+    assert (empty["status"], empty["digits"], empty["confidence"], empty["review"]) == ("no_digit", "", 0.0, False)
     error = protocol.result("c.png", error="NotAnImage: junk", model="v1", sha256=None, worker="w")
     assert error["status"] == "error" and error["error"] == "NotAnImage: junk" and error["digits"] == ""
     assert set(error) == set(protocol.RESULT_FIELDS)
+
+
+def test_a_glyph_left_out_that_was_nearly_a_digit_flags_its_number():
+    details = protocol.digit_details(np.array([[0.0, 0.99] + [0.0] * 8 + [0.01],
+                                               [0.0, 0.0, 0.4] + [0.0] * 7 + [0.6]]), [(0, 0, 5, 9), (6, 0, 11, 9)],
+                                     page=0)
+    number = protocol.number_result(details, review_below=0.9)
+    assert number["digits"] == "1" and number["review"]
 
 
 def test_write_json_is_atomic_and_utf8(tmp_path):

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.fast
 @pytest.mark.parametrize("relative", [
     ".hidden.png", ".DS_Store", "._scan.png", "scan.png.part", "scan.tmp", "scan.png~", "Thumbs.db",
     "desktop.ini", "@eaDir/scan.png", "sub/@EADIR/scan.png", ".stfolder/scan.png", "a/.git/scan.png",
-    "notes.pdf", "README", "bad \udcff.png",
+    "notes.docx", "README", "bad \udcff.png",
 ])
 def test_skipped_names(relative):
     assert name_skip(relative, DEFAULT_EXTENSIONS) is not None
@@ -35,9 +35,9 @@ def test_accepted_names(relative):
 
 
 def test_unsupported_extensions_are_logged_at_info_and_temporary_files_at_debug():
-    assert name_skip("x.pdf", DEFAULT_EXTENSIONS).level == logging.INFO
+    assert name_skip("x.docx", DEFAULT_EXTENSIONS).level == logging.INFO
     assert name_skip("x.png.part", DEFAULT_EXTENSIONS).level == logging.DEBUG
-    assert name_skip("x.pdf", ("pdf",)) is None
+    assert name_skip("x.pdf", DEFAULT_EXTENSIONS) is None  # scanners' PDFs are read, every page
 
 
 def test_a_file_is_ready_only_after_ready_delay_without_events_or_changes():

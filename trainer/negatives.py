@@ -19,9 +19,11 @@ PRINTED = string.ascii_letters + string.digits + "$%&#@+=:;()[]*?€£§"
 # A single bar is how many people write a 1: printed characters that are nothing but a bar are left out alone.
 BARS = set("1lIij|!/-.,")
 SINGLE = "".join(character for character in PRINTED if character not in BARS)
+FIGURES = "".join(character for character in string.digits if character not in BARS)
 # Held out of training, so the measured rejection of printed text is that of an unseen typeface.
 HELD_OUT_FONTS = ("STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf")
-KINDS = ("printed", "printed", "printed", "printed", "pair", "pair", "line", "corner", "blob")
+KINDS = ("printed", "printed", "printed", "figure", "figure", "figure", "pair", "pair", "line", "corner", "blob",
+         "touching", "touching")
 # Pieces of boxes, comb fields and grids. Not a corner opening left and down: that is a handwritten 7,
 # nor a vertical bar with one arm to a side, which is how many write a 4.
 ARMS = {"right": (1, 0), "down": (0, 1), "left": (-1, 0), "up": (0, -1)}
@@ -40,18 +42,39 @@ def font_files(*, held_out: bool = False) -> tuple[Path, ...]:
     return tuple(path for path in fonts if (path.name in HELD_OUT_FONTS) == held_out)
 
 
-def negatives(count: int, *, seed: int, held_out_fonts: bool = False) -> np.ndarray:
-    """`count` not-a-digit images, float32 (count, 28, 28) in 0..1, white on black like MNIST."""
+def negatives(count: int, *, seed: int, held_out_fonts: bool = False, handwriting: np.ndarray | None = None
+              ) -> np.ndarray:
+    """`count` not-a-digit images, float32 (count, 28, 28) in 0..1, white on black like MNIST. With
+    `handwriting` (MNIST images of the split being made), some are two of its digits run together: a mark
+    holding two digits is not one digit, so the worker cuts it instead of reading it whole."""
     random = np.random.default_rng(seed)
     fonts = font_files(held_out=held_out_fonts)
+    kinds = KINDS if handwriting is not None else tuple(kind for kind in KINDS if kind != "touching")
     images = np.zeros((count, 28, 28), np.float32)
     for index in range(count):
-        kind = KINDS[int(random.integers(len(KINDS)))]
-        ink = _draw(kind, random, fonts)
+        kind = kinds[int(random.integers(len(kinds)))]
+        ink = _touching(handwriting, random) if kind == "touching" else _draw(kind, random, fonts)
         rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
         if rows.size:
             images[index] = fit(ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
     return images
+
+
+def _touching(handwriting: np.ndarray, random: np.random.Generator) -> np.ndarray:
+    """Two handwritten digits side by side, touching or overlapping a little, as cramped writing runs them."""
+    first, second = (handwriting[int(random.integers(len(handwriting)))].reshape(28, 28) for _ in range(2))
+    columns = [np.flatnonzero(digit.max(axis=0) > 0.1) for digit in (first, second)]
+    first = first[:, columns[0][0]:columns[0][-1] + 1]
+    second = second[:, columns[1][0]:columns[1][-1] + 1]
+    overlap = int(round(random.uniform(-0.05, 0.3) * min(first.shape[1], second.shape[1])))
+    width = first.shape[1] + second.shape[1] - overlap
+    canvas = np.zeros((28, width), np.float32)
+    canvas[:, :first.shape[1]] = first
+    shift = int(random.integers(-3, 4))
+    placed = np.roll(second, shift, axis=0)
+    target = canvas[:, first.shape[1] - overlap:]
+    np.maximum(target, placed[:, :target.shape[1]], out=target)
+    return canvas
 
 
 def printed_glyph(text: str, font: Path, size: int, random: np.random.Generator) -> np.ndarray:
@@ -67,9 +90,11 @@ def printed_glyph(text: str, font: Path, size: int, random: np.random.Generator)
 
 def _draw(kind: str, random: np.random.Generator, fonts: tuple[Path, ...]) -> np.ndarray:
     size = int(random.integers(24, 72))
-    if kind in ("printed", "pair"):
+    if kind in ("printed", "figure", "pair"):
         if kind == "printed":
             text = SINGLE[int(random.integers(len(SINGLE)))]
+        elif kind == "figure":  # a printed digit, as in a form's title, a date or a page number
+            text = FIGURES[int(random.integers(len(FIGURES)))]
         else:
             text = "".join(PRINTED[int(random.integers(len(PRINTED)))] for _ in range(2))
         return printed_glyph(text, fonts[int(random.integers(len(fonts)))], size, random)

@@ -49,7 +49,7 @@ FINE_PIXELS = 1_500_000  # 16-bit pages larger than this are reduced before floa
 JPEG_PIXELS = 40_000
 ANALYSIS_GLYPH = 20  # digits at least this tall on the reduced page are fitted from it
 GLYPH_SIDE = 80  # a glyph crop is reduced to at most this before float work
-BACKGROUND_CELLS = 16  # paper is estimated on a grid this many cells along the long side
+BACKGROUND_CELLS = 24  # paper is estimated on a grid this many cells along the long side
 MIN_CONTRAST = 24.0  # grey levels of 255: less than this between ink and paper is a blank page
 NOISE_SIGMAS = 6.0  # ink must stand out of the paper noise by this many standard deviations
 SPECK_AREA = 0.04  # components with less ink than this share of the largest are dust
@@ -60,12 +60,12 @@ BORDER_DEPTH = 0.15  # borders are looked for this far in from each edge
 FRAGMENT = 0.7  # a piece less tall than this share of the typical digit is part of a neighbour
 JOIN_GAP = 0.4  # ... when it lies within this share of the typical digit height of it
 OVERLAP = 0.3  # components overlapping horizontally by this share of the narrower are one digit
-LINE_RUN = 1.8  # ink running straight for this many typical digit heights is a ruled line or a box side
+LINE_RUN = 2.5  # ink running straight for this many typical digit heights is a ruled line or a box side
 SIDE_RUN = 0.9  # ... and so is a vertical run this long that joins a line at both of its ends
 STACKED = 0.25  # marks overlapping horizontally this close vertically (share of the taller) are one glyph
 SAME_LINE = 0.5  # marks overlapping vertically by this share of the shorter are on one text line
 NUMBER_GAP = 0.9  # a gap wider than this share of the line's digit height ends a number
-WIDE = 1.0  # a glyph wider than its height may hold touching digits: it also comes split, for the model to judge
+WIDE = 0.85  # a glyph this wide for its height may hold touching digits: it also comes cut, for the model to judge
 _EIGHT_NEIGHBOURS = np.ones((3, 3), bool)  # diagonal steps join a stroke, as a pen draws them
 
 
@@ -486,7 +486,8 @@ def _group(mask: np.ndarray, strong: np.ndarray, *, min_height: float
             boxes.append((int(group[0]), int(group[1]), int(group[2]) + 1, int(group[3]) + 1))
             numbers[-1].append(len(boxes))
             if group[2] - group[0] + 1 > WIDE * (group[3] - group[1] + 1):
-                parts = max(2, round((group[2] - group[0] + 1) / (0.75 * typical)))
+                # Handwritten digits are about 0.8 as wide as they are tall.
+                parts = max(2, round((group[2] - group[0] + 1) / (0.8 * (group[3] - group[1] + 1))))
                 splits.append((len(boxes), [group[0] + (group[2] - group[0] + 1) * k // parts
                                             for k in range(1, parts)]))
     grouped = number_of[labels]
@@ -548,9 +549,9 @@ def _take_out_lines(mask: np.ndarray, *, min_height: float) -> np.ndarray:
     run = max(6, math.ceil(LINE_RUN * typical))
     # A line tilted by a degree or two steps between rows: rows are joined by one pixel before looking.
     thick = mask | np.roll(mask, 1, axis=0) | np.roll(mask, -1, axis=0)
-    horizontal = ndimage.binary_opening(thick, structure=np.ones((1, run), bool)) & mask
+    horizontal = _thin(ndimage.binary_opening(thick, structure=np.ones((1, run), bool)) & mask, axis=0, run=run)
     thick = mask | np.roll(mask, 1, axis=1) | np.roll(mask, -1, axis=1)
-    vertical = ndimage.binary_opening(thick, structure=np.ones((run, 1), bool)) & mask
+    vertical = _thin(ndimage.binary_opening(thick, structure=np.ones((run, 1), bool)) & mask, axis=1, run=run)
     if not horizontal.any() and not vertical.any():
         return np.zeros_like(mask)
     sides = _box_sides(mask & ~horizontal, horizontal, length=max(4, math.ceil(SIDE_RUN * typical)))
@@ -565,14 +566,30 @@ def _take_out_lines(mask: np.ndarray, *, min_height: float) -> np.ndarray:
 
 
 def _typical_height(mask: np.ndarray, *, min_height: float) -> float:
-    """The median height of the marks shaped like characters (not lines, not frames)."""
+    """The median height of the marks shaped like characters (not lines, not frames, not dots)."""
     labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
+    if count == 0:
+        return max(min_height, mask.shape[0] / 4)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     heights = []
-    for rows, cols in ndimage.find_objects(labels) or []:
+    for (rows, cols), area in zip(ndimage.find_objects(labels), areas):
         tall, wide = rows.stop - rows.start, cols.stop - cols.start
-        if tall >= min_height and wide <= 2 * tall and tall <= 8 * wide:
+        if tall >= min_height and wide <= 2 * tall and tall <= 8 * wide and area >= 0.1 * areas.max():
             heights.append(tall)
     return float(statistics.median(heights)) if heights else max(min_height, mask.shape[0] / 4)
+
+
+def _thin(found: np.ndarray, *, axis: int, run: int) -> np.ndarray:
+    """Of what a long opening kept, only thin strokes: a line is far longer than it is thick (a thick
+    stroke of a digit, or a blob, is not)."""
+    labels, count = ndimage.label(found, structure=_EIGHT_NEIGHBOURS)
+    keep = np.zeros(count + 1, bool)
+    for number, (rows, cols) in enumerate(ndimage.find_objects(labels) or [], start=1):
+        thickness = (rows.stop - rows.start) if axis == 0 else (cols.stop - cols.start)
+        length = (cols.stop - cols.start) if axis == 0 else (rows.stop - rows.start)
+        pixels = np.count_nonzero(labels[rows, cols] == number)
+        keep[number] = length >= run and pixels / length <= max(3.0, 0.12 * run)  # mean thickness
+    return keep[labels]
 
 
 def _box_sides(mask: np.ndarray, horizontal: np.ndarray, *, length: int) -> np.ndarray:
