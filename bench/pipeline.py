@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from core import protocol
+from core import brokers, protocol
 from core.settings import Settings
 from digits.local import up
 from digits.local.children import Child
@@ -88,12 +88,11 @@ class Pipeline:
         self.environment: dict[str, str] = {}
 
     def start_redis(self) -> None:
-        import redis
 
         self.redis_server = EmbeddedRedis(self.settings.state)
         self.settings = self.settings.replace(broker_url=self.redis_server.start())
         self.environment = up.child_environment(self.settings)
-        self.client = redis.Redis.from_url(self.settings.broker_url)
+        self.client = brokers.redis_client(self.settings.broker_url)
 
     def start_watcher(self) -> None:
         self.watcher = Child("watcher", [sys.executable, "-m", "digits", "watch"],

@@ -1,6 +1,7 @@
 """The exactly-once ledger in Redis: which inbox files (by path and content) are queued or done.
 
-One hash, field = path relative to the inbox, value = "<state>:<sha256 of the content>:<unix time>".
+One hash, field = path relative to the inbox, value = "<state>:<sha256 of the content>:<unix time>",
+the time in microseconds: with the path and the content it names one drop of a file (its results.csv row).
 The watcher claims a file before queueing it, so a rescan, a duplicate event or a restart never
 queues it twice; the worker finishes it once the original has left the inbox (or marks it done
 when originals are kept), so the same name dropped again later is processed again.
@@ -42,7 +43,7 @@ return 1
 def claim(client, files: Iterable[tuple[str, str]]) -> list[bool]:
     """Claim (path, sha256) pairs in one round trip; True for each that was not already queued or done."""
     script = client.register_script(_CLAIM)
-    now = str(int(time.time()))
+    now = f"{time.time():.6f}"
     pipe = client.pipeline(transaction=False)
     for path, sha256 in files:
         script(keys=[KEY], args=[path, sha256, now], client=pipe)
@@ -76,19 +77,19 @@ def _run_finish(client, files: list[tuple[str, str, str]]) -> None:
     if not files:
         return
     script = client.register_script(_FINISH)
-    now = str(int(time.time()))
+    now = f"{time.time():.6f}"
     pipe = client.pipeline(transaction=False)
     for path, sha256, state in files:
         script(keys=[KEY], args=[path, sha256, state, now], client=pipe)
     pipe.execute()
 
 
-def entries(client) -> dict[str, tuple[str, str, int]]:
+def entries(client) -> dict[str, tuple[str, str, float]]:
     """path -> (state, sha256, unix time of the last change)."""
     parsed = {}
     for path, value in client.hgetall(KEY).items():
         state, sha256, stamp = value.decode().split(":")
-        parsed[path.decode()] = (state, sha256, int(stamp))
+        parsed[path.decode()] = (state, sha256, float(stamp))
     return parsed
 
 
@@ -96,7 +97,7 @@ def count_queued(client) -> int:
     return sum(1 for state, _, _ in entries(client).values() if state == QUEUED)
 
 
-def lookup(client, paths: list[str]) -> list[tuple[str, str, int] | None]:
+def lookup(client, paths: list[str]) -> list[tuple[str, str, float] | None]:
     """(state, sha256, unix time) or None for each path, in one round trip."""
     if not paths:
         return []
@@ -106,5 +107,5 @@ def lookup(client, paths: list[str]) -> list[tuple[str, str, int] | None]:
             found.append(None)
         else:
             state, sha256, stamp = value.decode().split(":")
-            found.append((state, sha256, int(stamp)))
+            found.append((state, sha256, float(stamp)))
     return found

@@ -29,6 +29,7 @@ OK = "ok"
 NO_DIGIT = "no_digit"
 ERROR = "error"
 STALE = "stale"  # process_files only: the file changed or left the inbox; a newer job handles it
+WAITING = "waiting"  # process_files only: the file could not be read now; it waits in the inbox and is sent again
 STATUSES = (OK, NO_DIGIT, ERROR)
 TOP_ALTERNATIVES = 3
 DIGIT_CLASSES = 10  # a model's first ten outputs are the digits; an eleventh says "not a digit"

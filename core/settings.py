@@ -38,6 +38,8 @@ class Settings:
     on_success: str = _setting("move", "What happens to an original after success: move, keep or delete")
     on_error: str = _setting("move", "What happens to an original after an error: move, keep or delete")
     weights: Path = _setting(SHIPPED_WEIGHTS, "Folder of published weights versions (pointer file CURRENT)")
+    umask: str = _setting("", "Octal umask for results files, results.csv and moved originals, e.g. 002 for a "
+                          "results folder shared by a group; empty: the process's own")
     state: Path = _setting(Path(".digits"), "Local state folder (embedded Redis data, logs)")
     device: str = _setting("auto", "auto (GPU when TensorFlow sees one), cpu or gpu")
     max_image_bytes: int = _setting(20_000_000, "Largest accepted image file or payload, in bytes")
@@ -81,6 +83,8 @@ class Settings:
                      "reload_interval", "requeue_after"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
+        if self.umask and not (self.umask.isdigit() and set(self.umask) <= set("01234567") and len(self.umask) <= 4):
+            raise ConfigError(f"umask must be octal digits such as 002 or 077, not {self.umask!r}")
         if not 0.0 <= self.review_below <= 1.0:
             raise ConfigError("review_below must be between 0 and 1")
         if self.visibility_timeout <= 0:

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from core import ledger, protocol
+from core import brokers, ledger, protocol
 from core.errors import BrokerUnavailable, NoWorkerError
 from core.protocol import QUEUE
 from core.settings import Settings, add_flags, redact_url
@@ -25,9 +25,7 @@ def broker_url(settings: Settings) -> str:
 
 
 def redis_client(url: str):
-    import redis
-
-    return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+    return brokers.redis_client(url)
 
 
 def celery_client(url: str, *, results: bool = False):

@@ -112,3 +112,13 @@ def test_move_aside_never_overwrites(tmp_path):
     os.symlink("/etc/hostname", second)
     moved = results.move_aside(second, processed, "sub/b.png")
     assert moved.is_symlink() and not second.exists() and not second.is_symlink()
+
+
+@pytest.mark.parametrize("name", ['=HYPERLINK("http://x","a").png', "+1.png", "-2.png", "@sum.png", "\tx.png"])
+def test_a_name_a_spreadsheet_would_run_is_written_as_text(tmp_path, name):
+    path = tmp_path / "results.csv"
+    result = protocol.result(name, error="bad", model="v1", sha256="aa", worker="w", job="job-1")
+    results.append_rows(path, [result])
+    (row,) = csv_rows(path)
+    assert row["source"] == "'" + name and result["source"] == name
+    assert results.has_row(path, offset=0, job="job-1", source=name)

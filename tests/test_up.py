@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -291,3 +292,25 @@ def test_several_workers_get_their_own_names_and_logs_and_the_watcher_starts_las
     assert service_commands(1) == [("worker", ["worker"]), ("watcher", ["watch"])]  # celery@host, worker.log
     assert service_commands(3) == [("worker", ["worker", "-n", "worker1@%h"]), ("worker2", ["worker", "-n", "worker2@%h"]),
                                    ("worker3", ["worker", "-n", "worker3@%h"]), ("watcher", ["watch"])]
+
+
+def test_a_service_that_dies_is_started_again_and_nothing_dropped_meanwhile_is_lost(tmp_path, weights):
+    site = tmp_path / "site"
+    site.mkdir()
+    environment = clean_environment(DIGITS_WEIGHTS=str(weights), DIGITS_DEVICE="cpu", DIGITS_READY_DELAY="0.3",
+                                    DIGITS_WORKERS="1")
+    up = Up(site, environment)
+    up.wait_for("drop scans into", timeout=60)
+    inbox = site / "inbox"
+    drop(inbox, "before.png", scan_png(1)[0])
+    wait_until(lambda: result_of(site, "before.png"), timeout=STARTUP_SECONDS, interval=0.2, message="before.png")
+
+    family = descendants(up.process.pid)
+    (worker,) = [pid for pid in family if " worker" in command_line(pid)]
+    os.kill(worker, signal.SIGKILL)
+    drop(inbox, "during.png", scan_png(2)[0])  # dropped while no worker runs
+    up.wait_for("restarted the worker", timeout=60)
+    wait_until(lambda: result_of(site, "during.png"), timeout=STARTUP_SECONDS, interval=0.2, message="during.png")
+    assert up.process.poll() is None  # digits up itself kept running
+    assert result_of(site, "during.png")["status"] in ("ok", "no_digit")
+    assert up.interrupt() == 0

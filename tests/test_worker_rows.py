@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import csv_rows
 
-from core import protocol
+from core import ledger, protocol
 from core.settings import Settings
 from worker import process_files
 from worker import results_files as results
@@ -60,4 +60,20 @@ def test_a_new_job_for_the_same_file_gets_its_own_row(tmp_path, redis_client):
     runtime = runtime_for(tmp_path, redis_client)
     process_files.record_row(runtime, result_for(), job="job-1", sha256=SHA)
     process_files.record_row(runtime, result_for() | {"job": "job-2"}, job="job-2", sha256=SHA)
+    assert len(rows(tmp_path)) == 2
+
+
+def test_a_file_resent_by_another_job_while_it_waits_gets_one_row_and_a_new_drop_another(tmp_path, redis_client):
+    runtime = runtime_for(tmp_path, redis_client)
+    ledger.claim(redis_client, [("scan.png", SHA)])
+    drops = process_files._drops(runtime, [{"path": "scan.png", "sha256": SHA}])
+    process_files.record_row(runtime, result_for(), job="job-1", sha256=SHA, drops=drops)
+    # A restarted watcher sends the same waiting file again: another job, the same drop.
+    process_files.record_row(runtime, result_for() | {"job": "job-2"}, job="job-2", sha256=SHA, drops=drops)
+    assert len(rows(tmp_path)) == 1
+    ledger.finish_many(redis_client, [("scan.png", SHA, False)])  # it left the inbox; later it is dropped again
+    ledger.claim(redis_client, [("scan.png", SHA)])
+    again = process_files._drops(runtime, [{"path": "scan.png", "sha256": SHA}])
+    assert again != drops
+    process_files.record_row(runtime, result_for() | {"job": "job-3"}, job="job-3", sha256=SHA, drops=again)
     assert len(rows(tmp_path)) == 2

@@ -77,9 +77,14 @@ def _touching(handwriting: np.ndarray, random: np.random.Generator) -> np.ndarra
     return canvas
 
 
+@functools.lru_cache(maxsize=512)
+def _face(font: Path, size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(str(font), size)
+
+
 def printed_glyph(text: str, font: Path, size: int, random: np.random.Generator) -> np.ndarray:
     """Text drawn in a font, white on black, as float 0..1 (slightly rotated and blurred, like a scan)."""
-    face = ImageFont.truetype(str(font), size)
+    face = _face(font, size)
     canvas = Image.new("L", (size * (len(text) + 2), size * 3), 0)
     ImageDraw.Draw(canvas).text((size, size), text, fill=255, font=face)
     canvas = canvas.rotate(float(random.uniform(-4, 4)), resample=Image.Resampling.BILINEAR)

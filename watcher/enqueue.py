@@ -8,7 +8,7 @@ from typing import Callable
 
 import redis
 
-from core import ledger, protocol
+from core import brokers, ledger, protocol
 from watcher.content import Fingerprint
 from watcher.outage import TRANSIENT_ERRORS, BrokerHealth
 
@@ -29,7 +29,7 @@ class ReadyFile:
 
 def connect_redis(url: str) -> redis.Redis:
     """A ledger client that fails fast, so an outage is noticed at once instead of blocking the loop."""
-    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    return brokers.redis_client(url, read_timeout=5)
 
 
 class JobSender:
@@ -40,7 +40,7 @@ class JobSender:
             "digits-watcher", broker_url,
             task_publish_retry=False,  # our own loop retries, with backoff
             broker_connection_retry_on_startup=False,
-            broker_transport_options={"socket_connect_timeout": 2, "socket_timeout": 5})
+            broker_transport_options=brokers.transport_options())
 
     def send(self, files: list[ReadyFile]) -> str:
         payload = [{"path": ready.relative, "sha256": ready.sha256} for ready in files]

@@ -7,7 +7,7 @@ import logging
 from celery import Celery, concurrency, signals
 from celery.worker.control import inspect_command
 
-from core import protocol
+from core import brokers, protocol
 from core.errors import ConfigError, DigitsError
 from core.settings import Settings
 from worker import runtime
@@ -23,17 +23,17 @@ def celery_config(settings: Settings) -> dict:
     """The worker's Celery configuration: JSON only, late acks, threads sharing one model, queue `digits`."""
     url = settings.effective_broker_url
     visibility = settings.visibility_timeout
-    transport = {
+    transport = brokers.transport_options(
         # A job whose worker died is handed out again once it was unacknowledged this long.
-        "visibility_timeout": visibility,
-        "unacked_restore_interval": max(1, min(60, int(visibility // 4))),
-        "unacked_restore_throttle": 1,
-    }
+        visibility_timeout=visibility,
+        unacked_restore_interval=max(1, min(60, int(visibility // 4))),
+        unacked_restore_throttle=1,
+    )
     return protocol.json_only(
         broker_url=url,
         result_backend=url,
         broker_transport_options=transport,
-        result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
+        result_backend_transport_options=brokers.transport_options(retry_policy={"timeout": 5.0}),
         broker_connection_retry_on_startup=True,
         task_default_queue=protocol.QUEUE,
         task_routes={name: {"queue": protocol.QUEUE} for name in protocol.TASK_NAMES},

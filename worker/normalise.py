@@ -585,7 +585,6 @@ def _thin(found: np.ndarray, *, axis: int, run: int) -> np.ndarray:
     labels, count = ndimage.label(found, structure=_EIGHT_NEIGHBOURS)
     keep = np.zeros(count + 1, bool)
     for number, (rows, cols) in enumerate(ndimage.find_objects(labels) or [], start=1):
-        thickness = (rows.stop - rows.start) if axis == 0 else (cols.stop - cols.start)
         length = (cols.stop - cols.start) if axis == 0 else (rows.stop - rows.start)
         pixels = np.count_nonzero(labels[rows, cols] == number)
         keep[number] = length >= run and pixels / length <= max(3.0, 0.12 * run)  # mean thickness

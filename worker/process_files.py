@@ -45,9 +45,10 @@ def process(files: Any, *, runtime: Runtime, job: str, worker: str) -> list[dict
     if not isinstance(files, list):
         files = []
         log.error("job %s: files must be a list of {path, sha256}", job)
+    drops = _drops(runtime, files)
     entries, unsent = [], []
     for raw in files:
-        entries.append(_read(raw, settings=settings, runtime=runtime, job=job, worker=worker))
+        entries.append(_read(raw, settings=settings, runtime=runtime, job=job, worker=worker, drops=drops))
         if entries[-1].pending is not None:
             unsent.append(entries[-1].pending)
         # Files go to the batcher in groups of about a batch: big batches, while later files still
@@ -61,11 +62,20 @@ def process(files: Any, *, runtime: Runtime, job: str, worker: str) -> list[dict
         if entry.pending is not None:
             entry.result = recognition.finish(entry.pending, source=entry.relative, sha256=entry.sha256,
                                               worker=worker, job=job, review_below=settings.review_below)
-    _conclude(open_entries, settings=settings, runtime=runtime, job=job)
+    _conclude(open_entries, settings=settings, runtime=runtime, job=job, drops=drops)
     return [entry.summary for entry in entries]
 
 
-def _read(raw: Any, *, settings: Settings, runtime: Runtime, job: str, worker: str) -> InboxFile:
+def _drops(runtime: Runtime, files: Any) -> dict[tuple[str, str], str]:
+    """(path, sha256) -> the drop it belongs to: the ledger claim's time. A file re-sent by anyone while it
+    waits in the inbox is the same drop, and gets one results.csv row, whatever job carries it."""
+    paths = [raw["path"] for raw in files if isinstance(raw, dict) and isinstance(raw.get("path"), str)]
+    found = ledger.lookup(runtime.redis, paths) if paths else []
+    return {(path, entry[1]): f"{entry[2]:.6f}" for path, entry in zip(paths, found) if entry is not None}
+
+
+def _read(raw: Any, *, settings: Settings, runtime: Runtime, job: str, worker: str,
+          drops: dict[tuple[str, str], str]) -> InboxFile:
     """Check one entry, read and hash the file and normalise it; bad input becomes an error result."""
     relative = raw.get("path") if isinstance(raw, dict) else None
     sha256 = raw.get("sha256") if isinstance(raw, dict) else None
@@ -82,12 +92,21 @@ def _read(raw: Any, *, settings: Settings, runtime: Runtime, job: str, worker: s
         log.warning("job %s: refused %r: %s", job, relative, error)
         entry.result = protocol.result(relative, error=str(error), model=model, sha256=entry.sha256,
                                        worker=worker, job=job)
-        record_row(runtime, entry.result, job=job, sha256=entry.sha256)
+        record_row(runtime, entry.result, job=job, sha256=entry.sha256, drops=drops)
         entry.summary = protocol.summary_of(entry.result)
         return entry
     try:
         entry.path = results.confined(settings.inbox, relative)
-        data = _read_if_current(entry, max_bytes=settings.max_image_bytes)
+        try:
+            data = _read_if_current(entry, max_bytes=settings.max_image_bytes)
+        except OSError as error:
+            # Unreadable for now (permissions, a share gone away): it waits in the inbox, its claim released,
+            # and the watcher's next rescan sends it again; the files beside it go on.
+            log.warning("job %s: cannot read %s (%s); it waits in the inbox and is sent again",
+                        job, relative, error.strerror or error)
+            ledger.release(runtime.redis, [(relative, entry.sha256)])
+            entry.summary = protocol.summary(relative, protocol.WAITING, error=str(error.strerror or error))
+            return entry
         if data is None:
             if entry.missing:
                 # Done by an earlier delivery that died before forgetting it; forget it now, so the
@@ -100,7 +119,36 @@ def _read(raw: Any, *, settings: Settings, runtime: Runtime, job: str, worker: s
         log.info("job %s: %s is bad input: %s", job, relative, error)
         entry.result = protocol.result(relative, error=f"{type(error).__name__}: {error}", model=model,
                                        sha256=entry.sha256, worker=worker, job=job)
+    except Exception as error:  # a file that breaks the reader must not hold back the files beside it
+        log.exception("job %s: reading %s failed unexpectedly", job, relative)
+        entry.result = protocol.result(relative, error=f"InternalError: {type(error).__name__}: {error}",
+                                       model=model, sha256=entry.sha256, worker=worker, job=job)
     return entry
+
+
+def dead_letter(files: Any, *, runtime: Runtime, job: str, worker: str, cause: str) -> list[dict[str, Any]]:
+    """A job that cannot be done (its retries ran out, or it failed unexpectedly): each of its files still in
+    the inbox gets an error result naming the cause and goes to failed/, instead of waiting for ever."""
+    settings = runtime.settings
+    drops = _drops(runtime, files)
+    entries = []
+    for raw in files if isinstance(files, list) else []:
+        if not isinstance(raw, dict) or not isinstance(raw.get("path"), str) or not isinstance(raw.get("sha256"), str):
+            continue
+        entry = InboxFile(relative=raw["path"], sha256=raw["sha256"].lower())
+        try:
+            entry.path = results.confined(settings.inbox, entry.relative)
+            if _read_if_current(entry, max_bytes=settings.max_image_bytes) is None:
+                continue
+        except (BadInput, OSError):
+            pass  # an unreadable file fails all the same: the job cannot read it
+        entry.result = protocol.result(entry.relative, error=f"JobFailed: {cause}", model=None, sha256=entry.sha256,
+                                       worker=worker, job=job)
+        entries.append(entry)
+    log.error("job %s failed for good (%s): %d file(s) moved to %s with an error result", job, cause, len(entries),
+              settings.failed)
+    _conclude(entries, settings=settings, runtime=runtime, job=job, drops=drops)
+    return [entry.summary for entry in entries]
 
 
 def _read_if_current(entry: InboxFile, *, max_bytes: int) -> bytes | None:
@@ -130,8 +178,10 @@ def _read_if_current(entry: InboxFile, *, max_bytes: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _conclude(entries: list[InboxFile], *, settings: Settings, runtime: Runtime, job: str) -> None:
-    """Results files, csv rows (once per job), the originals out of the inbox, then the ledger entries.
+def _conclude(entries: list[InboxFile], *, settings: Settings, runtime: Runtime, job: str,
+              drops: dict[tuple[str, str], str]) -> None:
+    """Results files, csv rows (once per drop of each file), the originals out of the inbox, then the ledger
+    entries.
 
     Each step is done for the whole job before the next, so each file still has its results file and
     its row before its original moves, and the Redis work is a few round trips per job, not per file.
@@ -140,7 +190,7 @@ def _conclude(entries: list[InboxFile], *, settings: Settings, runtime: Runtime,
         return
     results.write_json_files([(results.result_path(settings.results, entry.relative), entry.result)
                              for entry in entries])
-    record_rows(runtime, [(entry.result, entry.sha256) for entry in entries], job=job)
+    record_rows(runtime, [(entry.result, entry.sha256) for entry in entries], job=job, drops=drops)
     finished = []
     for entry in entries:
         disposition = settings.on_error if entry.result["status"] == protocol.ERROR else settings.on_success
@@ -171,12 +221,14 @@ def _dispose(entry: InboxFile, *, disposition: str, settings: Settings, job: str
     return False
 
 
-def record_row(runtime: Runtime, result: dict[str, Any], *, job: str, sha256: str) -> None:
+def record_row(runtime: Runtime, result: dict[str, Any], *, job: str, sha256: str,
+               drops: dict[tuple[str, str], str] | None = None) -> None:
     """Append the csv row and count the status exactly once per (job, file), even across redeliveries."""
-    record_rows(runtime, [(result, sha256)], job=job)
+    record_rows(runtime, [(result, sha256)], job=job, drops=drops)
 
 
-def record_rows(runtime: Runtime, rows: list[tuple[dict[str, Any], str]], *, job: str) -> None:
+def record_rows(runtime: Runtime, rows: list[tuple[dict[str, Any], str]], *, job: str,
+                drops: dict[tuple[str, str], str] | None = None) -> None:
     """Append the csv rows of (result, sha256) pairs and count them, exactly once per (job, file).
 
     A Redis mark per file first records the csv size ("at:<offset>"), then the rows are appended in one
@@ -187,7 +239,9 @@ def record_rows(runtime: Runtime, rows: list[tuple[dict[str, Any], str]], *, job
     client = runtime.redis
     csv_path = runtime.settings.results / results.CSV_NAME
     ttl = int(2 * runtime.settings.visibility_timeout + 3600)
-    keyed = {f"{protocol.ROW_MARK_PREFIX}{job}:{sha256}:{result['source']}": result for result, sha256 in rows}
+    drops = drops or {}
+    keyed = {_row_mark(result["source"], sha256, drop=drops.get((result["source"], sha256)), job=job): result
+             for result, sha256 in rows}
     marks = client.mget(list(keyed)) if keyed else []
     appended, found = {}, {}
     for (key, result), mark in zip(keyed.items(), marks):
@@ -216,3 +270,11 @@ def _mark_done(client, keyed: dict[str, dict[str, Any]], *, ttl: int) -> None:
     for status, count in collections.Counter(result["status"] for result in keyed.values()).items():
         pipe.incrby(protocol.counter_key(status), count)
     pipe.execute()
+
+
+def _row_mark(source: str, sha256: str, *, drop: str | None, job: str) -> str:
+    """The Redis key that says this row is written: per drop of the file when the ledger knows the drop
+    (inbox files), else per job (digits.process_files sent by another program for unclaimed files)."""
+    if drop is not None:
+        return f"{protocol.ROW_MARK_PREFIX}drop:{sha256}:{drop}:{source}"
+    return f"{protocol.ROW_MARK_PREFIX}{job}:{sha256}:{source}"

@@ -13,7 +13,6 @@ import json
 import os
 import stat
 import sys
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
@@ -75,10 +74,11 @@ def result_path(results: Path, relative: str) -> Path:
 
 
 def write_json_files(files: list[tuple[Path, dict[str, Any]]]) -> None:
-    """Write UTF-8 JSON files atomically (temporary file, durable, renamed over the target): every temporary file written, all made durable at once, then each renamed.
+    """Write UTF-8 JSON files atomically: each into a temporary file beside its target and fsynced, then all
+    renamed over their targets, then each folder fsynced, so a rename survives a power cut too.
 
-    On Linux one syncfs() per filesystem replaces an fsync per file: the journal commit of each fsync
-    costs more CPU than writing the file itself. Elsewhere each file is fsynced.
+    Files are created with mode 666 less the process umask (DIGITS_UMASK), so whoever should read the
+    results can.
     """
     open_files: list[tuple[int, str]] = []  # (descriptor, temporary name), closed or not
     renames: list[tuple[str, Path]] = []
@@ -92,16 +92,14 @@ def write_json_files(files: list[tuple[Path, dict[str, Any]]]) -> None:
             open_files.append((fd, temporary))
             renames.append((temporary, path))
             _write_all(fd, (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
-        devices: dict[int, int] = {}
         for fd, _ in open_files:
-            devices.setdefault(os.fstat(fd).st_dev, fd)
-        if not all(_sync_filesystem(fd) for fd in devices.values()):
-            for fd, _ in open_files:
-                os.fsync(fd)
+            os.fsync(fd)
         while open_files:
             os.close(open_files.pop()[0])
         for temporary, path in renames:
             os.replace(temporary, path)
+        for folder in folders:
+            fsync_folder(folder)
     except BaseException:
         for fd, _ in open_files:
             with contextlib.suppress(OSError):
@@ -111,12 +109,26 @@ def write_json_files(files: list[tuple[Path, dict[str, Any]]]) -> None:
         raise
 
 
-def _create_temporary(folder: Path) -> tuple[int, str]:
-    """A new hidden .json file in folder, mode 600 like mkstemp's, open for writing (without its random names)."""
+def fsync_folder(folder: Path) -> None:
+    """Make the names in a folder durable (a rename into it, a new file); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except (OSError, AttributeError):
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (and Windows shares) refuse fsync on a folder; the rename itself stands
+    finally:
+        os.close(fd)
+
+
+def _create_temporary(folder: Path, suffix: str = ".json") -> tuple[int, str]:
+    """A new hidden file in folder, open for writing, mode 666 less the umask (without mkstemp's random names)."""
     while True:
-        temporary = os.path.join(folder, f".tmp-{os.getpid()}-{next(_temporary_numbers)}.json")
+        temporary = os.path.join(folder, f".tmp-{os.getpid()}-{next(_temporary_numbers)}{suffix}")
         try:
-            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), temporary
+            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), temporary
         except FileExistsError:  # left by an earlier process with the same pid
             continue
 
@@ -130,36 +142,26 @@ def _write_all(fd: int, data: bytes) -> None:
         written += os.write(fd, data[written:])
 
 
-def _sync_filesystem(fd: int) -> bool:
-    """syncfs(2) of the filesystem holding fd; False where there is none (not Linux)."""
-    syncfs = _syncfs()
-    if syncfs is None:
-        return False
-    if syncfs(fd) != 0:
-        error = ctypes.get_errno()
-        raise OSError(error, os.strerror(error))
-    return True
-
-
-@functools.lru_cache(maxsize=1)
-def _syncfs():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-
-
 def csv_row(result: dict[str, Any]) -> bytes:
     """One results.csv line for a result, encoded, ending in a newline."""
     values = {name: result.get(name) for name in CSV_COLUMNS}
     values["confidence"] = f"{float(result.get('confidence') or 0.0):.6f}"
     values["review"] = "true" if result.get("review") else "false"
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(["" if values[name] is None else values[name]
+    csv.writer(buffer, lineterminator="\n").writerow(["" if values[name] is None else _cell(values[name])
                                                      for name in CSV_COLUMNS])
     return buffer.getvalue().encode("utf-8")
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula gets a leading apostrophe (OWASP's advice); the
+    results file keeps the true text."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def ensure_csv(path: Path) -> None:
@@ -167,12 +169,13 @@ def ensure_csv(path: Path) -> None:
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=path.parent)
+    fd, temporary = _create_temporary(path.parent, ".csv")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             csv.writer(handle, lineterminator="\n").writerow(CSV_COLUMNS)
         try:
             os.link(temporary, path)  # fails if another worker created it first, never overwrites
+            fsync_folder(path.parent)
         except FileExistsError:
             pass
     finally:
@@ -206,7 +209,7 @@ def has_row(path: Path, *, offset: int, job: str, source: str) -> bool:
         return False
     job_column, source_column = CSV_COLUMNS.index("job"), CSV_COLUMNS.index("source")
     for row in csv.reader(io.StringIO(tail)):
-        if len(row) == len(CSV_COLUMNS) and row[job_column] == job and row[source_column] == source:
+        if len(row) == len(CSV_COLUMNS) and row[job_column] == job and row[source_column] == _cell(source):
             return True
     return False
 

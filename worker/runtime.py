@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -51,11 +52,12 @@ def start() -> Runtime:
     with _lock:
         if _runtime is not None:
             return _runtime
-        import redis
-
+        from core.brokers import redis_client
         from core.device import configure
 
         current = settings()
+        if current.umask:
+            os.umask(int(current.umask, 8))  # results files and moved originals follow it
         device = configure(current.device)
         holder = ModelHolder(current.weights, reload_interval=current.reload_interval)
         predictor = holder.load_initial()
@@ -63,7 +65,7 @@ def start() -> Runtime:
                           batch_wait_ms=current.batch_wait_ms, stats=Stats())
         batcher.start()
         holder.start_polling()
-        client = redis.Redis.from_url(current.effective_broker_url, health_check_interval=30)
+        client = redis_client(current.effective_broker_url)
         _runtime = Runtime(settings=current, device=device, holder=holder, batcher=batcher, redis=client)
         log.info("worker ready on %s with weights version %s from %s (batch_size %d, batch_wait_ms %s)",
                  device, predictor.version, current.weights, current.batch_size, current.batch_wait_ms)

@@ -74,6 +74,20 @@ def _count(current: runtime.Runtime, status: str) -> None:
 
 @app.task(name=protocol.TASK_PROCESS_FILES, bind=True, **RETRY)
 def process_files(self, files: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """Recognise inbox files [{path relative to the inbox, sha256}]; returns one summary per file."""
+    """Recognise inbox files [{path relative to the inbox, sha256}]; returns one summary per file.
+
+    Transient trouble is retried with backoff; when the retries run out, or on an unexpected error, the
+    job's files get error results and go to failed/ (dead letters) rather than wait in the inbox for ever.
+    """
     job = self.request.id or str(uuid.uuid4())
-    return inbox_files.process(files, runtime=runtime.get(), job=job, worker=_worker_name(self))
+    current = runtime.get()
+    try:
+        return inbox_files.process(files, runtime=current, job=job, worker=_worker_name(self))
+    except TRANSIENT as error:
+        if self.request.retries < self.max_retries:
+            raise  # retried with backoff (autoretry_for)
+        cause = f"still failing after {self.max_retries} retries: {type(error).__name__}: {error}"
+    except Exception as error:  # the job's outermost frame: whatever broke, its files must not be stranded
+        log.exception("job %s failed unexpectedly", job)
+        cause = f"{type(error).__name__}: {error}"
+    return inbox_files.dead_letter(files, runtime=current, job=job, worker=_worker_name(self), cause=cause)

@@ -12,6 +12,7 @@ import socket
 import time
 from pathlib import Path
 
+from core.brokers import redis_client
 from core.errors import BrokerUnavailable
 from digits.local.children import Child
 
@@ -113,7 +114,7 @@ class EmbeddedRedis:
     def _wait_ready(self, timeout: float) -> bool:
         import redis
 
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=2)
+        client = redis_client(self.url, read_timeout=2)
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline and self.child.running():

@@ -221,8 +221,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             services.append(Child(name, [sys.executable, "-m", "digits", *arguments],
                                   log_path=settings.state / f"{name}.log", environment=environment).start())
         _announce(settings)
-        watched = services + ([redis_server.child] if redis_server else [])
-        status = _supervise(watched, stop=stop, url=settings.broker_url, interval=args.progress_interval)
+        status = _supervise(services, stop=stop, url=settings.broker_url, interval=args.progress_interval,
+                            redis_child=redis_server.child if redis_server else None)
     finally:
         _shut_down(services, redis_server, stop=stop)
         lock.close()
@@ -249,17 +249,58 @@ def _announce(settings: Settings) -> None:
           f"           logs in {settings.state}; Ctrl-C stops everything cleanly.", flush=True)
 
 
-def _supervise(services: list[Child], *, stop: StopRequest, url: str, interval: float) -> int:
-    """Show progress until a stop signal (returns 0) or until a service dies (returns 1)."""
+RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0)  # seconds before each restart of a service that exited
+CRASH_LOOP = (5, 120.0)  # this many exits within this many seconds: a crash loop, and digits up gives up
+
+
+class Restarts:
+    """When a service that exited may start again (backoff), and when its exits are a crash loop."""
+
+    def __init__(self) -> None:
+        self.exits: dict[str, list[float]] = collections.defaultdict(list)
+
+    def record(self, name: str, now: float) -> float | None:
+        """Seconds to wait before restarting `name`, or None for a crash loop."""
+        recent = [stamp for stamp in self.exits[name] if stamp > now - CRASH_LOOP[1]] + [now]
+        self.exits[name] = recent
+        if len(recent) >= CRASH_LOOP[0]:
+            return None
+        return RESTART_DELAYS[min(len(recent), len(RESTART_DELAYS)) - 1]
+
+
+def _supervise(services: list[Child], *, stop: StopRequest, url: str, interval: float,
+               redis_child: Child | None = None) -> int:
+    """Show progress until a stop signal (returns 0). A service that exits is started again after a
+    backoff, as systemd or Compose would; a crash loop, or the embedded Redis dying, stops everything (1)."""
     progress = Progress(url, stream=sys.stdout)
+    restarts = Restarts()
+    due: dict[str, float] = {}  # service name -> when to start it again
     try:
         while not stop.event.is_set():
+            now = time.monotonic()
+            if redis_child is not None and not redis_child.running():
+                progress.finish()
+                print(f"digits up: the embedded Redis exited with status {redis_child.exit_code()}; stopping. "
+                      f"Last lines of {redis_child.log_path}:\n{redis_child.log_tail()}", file=sys.stderr, flush=True)
+                return 1
             for child in services:
-                if not child.running():
+                if child.running() or child.name in due:
+                    continue
+                delay = restarts.record(child.name, now)
+                if delay is None:
                     progress.finish()
-                    print(f"digits up: the {child.name} exited with status {child.exit_code()}; stopping. "
-                          f"Last lines of {child.log_path}:\n{child.log_tail()}", file=sys.stderr, flush=True)
+                    print(f"digits up: the {child.name} keeps exiting ({CRASH_LOOP[0]} times within "
+                          f"{CRASH_LOOP[1]:.0f} s, last status {child.exit_code()}); stopping. Last lines of "
+                          f"{child.log_path}:\n{child.log_tail()}", file=sys.stderr, flush=True)
                     return 1
+                log.warning("the %s exited with status %s; starting it again in %.0f s (see %s)", child.name,
+                            child.exit_code(), delay, child.log_path)
+                due[child.name] = now + delay
+            for child in services:
+                if child.name in due and due[child.name] <= now and not stop.event.is_set():
+                    del due[child.name]
+                    child.start()
+                    log.warning("restarted the %s (pid %d)", child.name, child.pid)
             progress.update()
             stop.event.wait(interval)
         return 0
