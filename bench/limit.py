@@ -29,8 +29,7 @@ def in_process_rate(datas: list[bytes], *, predictor, settings: Settings) -> tup
         prepared, unsent = [], []
         for data in job:
             try:
-                pending = recognition.prepare(data, max_pixels=settings.max_pixels,
-                                              max_bytes=settings.max_image_bytes)
+                pending = recognition.prepare(data, settings)
             except BadInput:
                 continue
             prepared.append(pending)

@@ -1,12 +1,20 @@
-"""Images per second per core on realistic scans: decoding alone against decoding plus normalising."""
+"""Images per second per core on realistic scans: decoding alone against decoding plus normalising.
+
+    python -m bench.normalise                                  # today's normalisation against decoding
+    python -m bench.normalise --baseline cd130c0:digits/normalise.py   # ... and against an earlier one
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from PIL import Image
 
@@ -33,13 +41,30 @@ def cpu_seconds(work, scans: list[Scan]) -> float:
     return time.process_time() - started
 
 
+def baseline_normalise(spec: str):
+    """`normalise` of an earlier version of the module, read from git (REVISION:PATH), for a same-run ratio."""
+    source = subprocess.run(["git", "show", spec], capture_output=True, text=True, check=True).stdout
+    source = source.replace("from digits.errors import", "from core.errors import")  # the module's old home
+    folder = Path(tempfile.mkdtemp(prefix="baseline-normalise-"))
+    path = folder / "baseline_normalise.py"
+    path.write_text(source)
+    module_spec = importlib.util.spec_from_file_location("baseline_normalise", path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module  # its dataclasses look themselves up there
+    module_spec.loader.exec_module(module)
+    return module.normalise
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--singles", type=int, default=240, help="single-digit scans in the set")
     parser.add_argument("--numbers", type=int, default=80, help="scans of numbers of 2 to 5 digits in the set")
     parser.add_argument("--runs", type=int, default=7, help="timed passes over the set; medians are shown")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--baseline", default=None, metavar="REVISION:PATH",
+                        help="also time this earlier normalisation module from git, in the same run")
     options = parser.parse_args(argv)
+    baseline = baseline_normalise(options.baseline) if options.baseline else None
 
     scans = single_digits(options.singles, seed=options.seed) + numbers(options.numbers, seed=options.seed + 1)
     pages = sum(decode(scan.data) for scan in scans)
@@ -49,10 +74,14 @@ def main(argv: list[str] | None = None) -> int:
             pixels.append(image.size[0] * image.size[1])
     for scan in scans:  # warm caches and imports before timing
         normalise(scan.data)
-    decoding, normalising = [], []
-    for _ in range(options.runs):  # interleaved, so a busy moment on the machine hits both alike
+        if baseline:
+            baseline(scan.data)
+    decoding, normalising, before = [], [], []
+    for _ in range(options.runs):  # interleaved, so a busy moment on the machine hits all alike
         decoding.append(cpu_seconds(decode, scans))
         normalising.append(cpu_seconds(normalise, scans))
+        if baseline:
+            before.append(cpu_seconds(baseline, scans))
     decode_time, total_time = statistics.median(decoding), statistics.median(normalising)
     cost = total_time - decode_time
     print(f"{len(scans)} files, {pages} pages, median {statistics.median(pixels):,.0f} pixels; "
@@ -60,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     for title, seconds in (("decode only", decode_time), ("decode + normalise", total_time)):
         print(f"{title:<26}{pages / seconds:>9.0f} images/s per core  {seconds / pages * 1000:6.2f} ms/image")
     print(f"{'normalise alone':<26}{'':>9}{'':>20}  {cost / pages * 1000:6.2f} ms/image")
-    print(f"normalising costs {cost / decode_time:.2f} times what decoding costs (target: at most 1.00)")
+    print(f"normalising costs {cost / decode_time:.2f} times what decoding costs")
+    if baseline:
+        earlier = statistics.median(before) - decode_time
+        print(f"{'baseline normalise alone':<26}{'':>9}{'':>20}  {earlier / pages * 1000:6.2f} ms/image")
+        print(f"today's normalisation costs {cost / earlier:.2f} times the baseline's ({options.baseline})")
     return 0
 
 

@@ -22,8 +22,11 @@ SINGLE = "".join(character for character in PRINTED if character not in BARS)
 FIGURES = "".join(character for character in string.digits if character not in BARS)
 # Held out of training, so the measured rejection of printed text is that of an unseen typeface.
 HELD_OUT_FONTS = ("STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf")
-KINDS = ("printed", "printed", "printed", "figure", "figure", "figure", "pair", "pair", "line", "corner", "blob",
-         "touching", "touching")
+KINDS = ("printed", "printed", "figure", "figure", "pair", "word", "word", "word", "line", "corner", "blob")
+# A printed word or a printed number, whole: on a page searched at low resolution its letters run together.
+WORDS = ("Amount", "Total", "Invoice", "Account", "Date", "Name", "Reference", "Customer", "Quantity", "Number",
+         "Branch", "Form", "Office", "Received", "Code", "Paid", "Balance", "Order", "Item", "Page", "the", "and",
+         "No.", "Tel.", "Ref:", "Sum", "Signature", "Address", "City", "Phone", "Street", "of", "to", "for")
 # Pieces of boxes, comb fields and grids. Not a corner opening left and down: that is a handwritten 7,
 # nor a vertical bar with one arm to a side, which is how many write a 4.
 ARMS = {"right": (1, 0), "down": (0, 1), "left": (-1, 0), "up": (0, -1)}
@@ -42,39 +45,19 @@ def font_files(*, held_out: bool = False) -> tuple[Path, ...]:
     return tuple(path for path in fonts if (path.name in HELD_OUT_FONTS) == held_out)
 
 
-def negatives(count: int, *, seed: int, held_out_fonts: bool = False, handwriting: np.ndarray | None = None
-              ) -> np.ndarray:
-    """`count` not-a-digit images, float32 (count, 28, 28) in 0..1, white on black like MNIST. With
-    `handwriting` (MNIST images of the split being made), some are two of its digits run together: a mark
-    holding two digits is not one digit, so the worker cuts it instead of reading it whole."""
+def negatives(count: int, *, seed: int, held_out_fonts: bool = False) -> np.ndarray:
+    """`count` not-a-digit images, float32 (count, 28, 28) in 0..1, white on black like MNIST."""
     random = np.random.default_rng(seed)
     fonts = font_files(held_out=held_out_fonts)
-    kinds = KINDS if handwriting is not None else tuple(kind for kind in KINDS if kind != "touching")
+    kinds = KINDS
     images = np.zeros((count, 28, 28), np.float32)
     for index in range(count):
         kind = kinds[int(random.integers(len(kinds)))]
-        ink = _touching(handwriting, random) if kind == "touching" else _draw(kind, random, fonts)
+        ink = _draw(kind, random, fonts)
         rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
         if rows.size:
             images[index] = fit(ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
     return images
-
-
-def _touching(handwriting: np.ndarray, random: np.random.Generator) -> np.ndarray:
-    """Two handwritten digits side by side, touching or overlapping a little, as cramped writing runs them."""
-    first, second = (handwriting[int(random.integers(len(handwriting)))].reshape(28, 28) for _ in range(2))
-    columns = [np.flatnonzero(digit.max(axis=0) > 0.1) for digit in (first, second)]
-    first = first[:, columns[0][0]:columns[0][-1] + 1]
-    second = second[:, columns[1][0]:columns[1][-1] + 1]
-    overlap = int(round(random.uniform(-0.05, 0.3) * min(first.shape[1], second.shape[1])))
-    width = first.shape[1] + second.shape[1] - overlap
-    canvas = np.zeros((28, width), np.float32)
-    canvas[:, :first.shape[1]] = first
-    shift = int(random.integers(-3, 4))
-    placed = np.roll(second, shift, axis=0)
-    target = canvas[:, first.shape[1] - overlap:]
-    np.maximum(target, placed[:, :target.shape[1]], out=target)
-    return canvas
 
 
 @functools.lru_cache(maxsize=512)
@@ -100,6 +83,10 @@ def _draw(kind: str, random: np.random.Generator, fonts: tuple[Path, ...]) -> np
             text = SINGLE[int(random.integers(len(SINGLE)))]
         elif kind == "figure":  # a printed digit, as in a form's title, a date or a page number
             text = FIGURES[int(random.integers(len(FIGURES)))]
+        elif kind == "word":
+            text = (WORDS[int(random.integers(len(WORDS)))] if random.random() < 0.6 else
+                    str(int(random.integers(10, 100_000))))
+            text = text.upper() if random.random() < 0.2 else text
         else:
             text = "".join(PRINTED[int(random.integers(len(PRINTED)))] for _ in range(2))
         return printed_glyph(text, fonts[int(random.integers(len(fonts)))], size, random)

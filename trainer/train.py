@@ -217,7 +217,7 @@ def _with_negatives(images, labels, *, count: int, seed: int):
     from core.calibration import NOT_A_DIGIT
     from trainer.negatives import negatives
 
-    extra = negatives(count, seed=seed, handwriting=images)[..., None]
+    extra = negatives(count, seed=seed)[..., None]
     return (np.concatenate([images, extra]).astype(np.float32),
             np.concatenate([labels, np.full(count, NOT_A_DIGIT, labels.dtype)]))
 

@@ -8,8 +8,10 @@ model's call (its "not a digit" class), so printed labels reach it as glyphs and
 
 from __future__ import annotations
 
+import bisect
 import functools
 import io
+import itertools
 import math
 import os
 import statistics
@@ -345,24 +347,33 @@ def _analyse(page_image: Image.Image) -> _Analysis | None:
     mask = signal > low
     _clear_borders(mask)
     min_height = max(MIN_SIDE, MIN_GLYPH * min(width, height)) / factor
-    lines = _take_out_lines(mask, min_height=min_height)
-    groups, boxes, numbers, pieces = _group(mask, signal > high, min_height=min_height)
+    labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
+    lines = _take_out_lines(mask, labels, count, min_height=min_height)
+    if lines.any():  # the mask lost its lines: its components changed
+        labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
+    groups, boxes, numbers, pieces = _group(labels, count, signal > high, min_height=min_height)
     if not boxes:
         return None
     return _Analysis(factor, dark_ink, paper, signal, groups, boxes, numbers, pieces, lines, sigma)
 
 
 def _dark_ink(small: Image.Image) -> bool:
-    """Paper covers most of a page, so ink lies in the far tail of the page's difference from its local
-    median level (local: a shadow across a photo must not pass for ink)."""
+    """Paper covers most of a page, so the median is paper and ink lies on the far side of it. When the
+    page's histogram leaves that in doubt (a shadow across a photo spreads the paper's levels), the tail
+    of the page's difference from its local median level decides."""
+    cumulative = list(itertools.accumulate(small.histogram()))  # 256 levels: plain Python beats numpy here
+    low, median, high = (bisect.bisect_left(cumulative, cumulative[-1] * share) for share in (0.01, 0.5, 0.99))
+    darker, lighter = median - low, high - median
+    if darker >= 4 * lighter or lighter >= 4 * darker:
+        return darker >= lighter
     width, height = small.size
     cell = max(1, math.ceil(max(height, width) / BACKGROUND_CELLS))
     cells = small.reduce(cell) if cell > 1 else small
     level = cells.filter(ImageFilter.MedianFilter(5)).resize((width, height), Image.Resampling.BILINEAR,
                                                              box=(0, 0, width / cell, height / cell))
     residual = np.asarray(small, np.float32) - np.asarray(level, np.float32)
-    low, high = _quantiles(residual.ravel(), (0.005, 0.995))
-    return -low >= high
+    low_residual, high_residual = _quantiles(residual.ravel(), (0.005, 0.995))
+    return -low_residual >= high_residual
 
 
 def _paper(page: Image.Image, *, dark_ink: bool) -> np.ndarray:
@@ -426,13 +437,12 @@ def _clear_borders(mask: np.ndarray) -> None:
             mask[(span, slice(None)) if axis == 0 else (slice(None), span)] = False
 
 
-def _group(mask: np.ndarray, strong: np.ndarray, *, min_height: float
+def _group(labels: np.ndarray, count: int, strong: np.ndarray, *, min_height: float
            ) -> tuple[np.ndarray, list[tuple[int, int, int, int]], list[list[int]], dict]:
     """Connected ink (8-neighbours), less dust and faint marks, in text lines, merged where it overlaps
     horizontally: the group number (from 1) of each pixel, 0 for paper, each group's box, and the groups
     of each number, all in reading order."""
-    height, width = mask.shape
-    labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
+    height, width = labels.shape
     if count == 0:
         return labels, [], [], {}
     slices = ndimage.find_objects(labels)
@@ -542,18 +552,24 @@ def _pieces(grouped: np.ndarray, group: int, cuts: list[int], box: tuple[int, in
     return found
 
 
-def _take_out_lines(mask: np.ndarray, *, min_height: float) -> np.ndarray:
+def _take_out_lines(mask: np.ndarray, labels: np.ndarray, count: int, *, min_height: float) -> np.ndarray:
     """Remove ruled lines, underlines and box sides from the ink mask (in place), keeping the pixels where a
-    stroke crosses them; returns what was taken out."""
-    typical = _typical_height(mask, min_height=min_height)
+    stroke crosses them; returns what was taken out. `labels` are the mask's components."""
+    nothing = np.zeros_like(mask)
+    typical = _typical_height(labels, count, min_height=min_height, fallback=mask.shape[0] / 4)
     run = max(6, math.ceil(LINE_RUN * typical))
     # A line tilted by a degree or two steps between rows: rows are joined by one pixel before looking.
-    thick = mask | np.roll(mask, 1, axis=0) | np.roll(mask, -1, axis=0)
-    horizontal = _thin(ndimage.binary_opening(thick, structure=np.ones((1, run), bool)) & mask, axis=0, run=run)
-    thick = mask | np.roll(mask, 1, axis=1) | np.roll(mask, -1, axis=1)
-    vertical = _thin(ndimage.binary_opening(thick, structure=np.ones((run, 1), bool)) & mask, axis=1, run=run)
+    horizontal = vertical = nothing
+    # A run of `run` pixels over three neighbouring rows needs that much ink in them: most plain scans
+    # have no such rows or columns, and skip the search.
+    if _band_ink(mask, axis=1).max(initial=0) >= run:
+        thick = mask | np.roll(mask, 1, axis=0) | np.roll(mask, -1, axis=0)
+        horizontal = _thin(_long_runs(thick, axis=1, length=run) & mask, axis=0, run=run)
+    if _band_ink(mask, axis=0).max(initial=0) >= run:
+        thick = mask | np.roll(mask, 1, axis=1) | np.roll(mask, -1, axis=1)
+        vertical = _thin(_long_runs(thick, axis=0, length=run) & mask, axis=1, run=run)
     if not horizontal.any() and not vertical.any():
-        return np.zeros_like(mask)
+        return nothing
     sides = _box_sides(mask & ~horizontal, horizontal, length=max(4, math.ceil(SIDE_RUN * typical)))
     lines = horizontal | vertical | sides
     rest = mask & ~lines
@@ -565,23 +581,42 @@ def _take_out_lines(mask: np.ndarray, *, min_height: float) -> np.ndarray:
     return taken
 
 
-def _typical_height(mask: np.ndarray, *, min_height: float) -> float:
+def _band_ink(mask: np.ndarray, *, axis: int) -> np.ndarray:
+    """Ink pixels in each band of three neighbouring rows (axis 1) or columns (axis 0)."""
+    counts = np.count_nonzero(mask, axis=axis)
+    return counts[:-2] + counts[1:-1] + counts[2:] if counts.size > 2 else counts
+
+
+def _long_runs(mask: np.ndarray, *, axis: int, length: int) -> np.ndarray:
+    """Pixels in straight runs of ink at least `length` long along an axis (1: rows, 0: columns)."""
+    lines = mask if axis == 1 else mask.T
+    edges = np.diff(np.pad(lines, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+    starts, ends = np.nonzero(edges == 1), np.nonzero(edges == -1)[1]
+    long = np.flatnonzero(ends - starts[1] >= length)
+    found = np.zeros_like(lines)
+    for index in long.tolist():
+        found[starts[0][index], starts[1][index]:ends[index]] = True
+    return found if axis == 1 else found.T
+
+
+def _typical_height(labels: np.ndarray, count: int, *, min_height: float, fallback: float) -> float:
     """The median height of the marks shaped like characters (not lines, not frames, not dots)."""
-    labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
     if count == 0:
-        return max(min_height, mask.shape[0] / 4)
+        return max(min_height, fallback)
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     heights = []
     for (rows, cols), area in zip(ndimage.find_objects(labels), areas):
         tall, wide = rows.stop - rows.start, cols.stop - cols.start
         if tall >= min_height and wide <= 2 * tall and tall <= 8 * wide and area >= 0.1 * areas.max():
             heights.append(tall)
-    return float(statistics.median(heights)) if heights else max(min_height, mask.shape[0] / 4)
+    return float(statistics.median(heights)) if heights else max(min_height, fallback)
 
 
 def _thin(found: np.ndarray, *, axis: int, run: int) -> np.ndarray:
     """Of what a long opening kept, only thin strokes: a line is far longer than it is thick (a thick
     stroke of a digit, or a blob, is not)."""
+    if not found.any():
+        return found
     labels, count = ndimage.label(found, structure=_EIGHT_NEIGHBOURS)
     keep = np.zeros(count + 1, bool)
     for number, (rows, cols) in enumerate(ndimage.find_objects(labels) or [], start=1):
@@ -593,7 +628,7 @@ def _thin(found: np.ndarray, *, axis: int, run: int) -> np.ndarray:
 
 def _box_sides(mask: np.ndarray, horizontal: np.ndarray, *, length: int) -> np.ndarray:
     """Vertical strokes at least `length` long that meet a horizontal line at both ends: the sides of a box."""
-    vertical = ndimage.binary_opening(mask, structure=np.ones((length, 1), bool))
+    vertical = _long_runs(mask, axis=0, length=length)
     labels, count = ndimage.label(vertical)
     sides = np.zeros_like(mask)
     near_line = ndimage.binary_dilation(horizontal, iterations=2)
