@@ -46,7 +46,7 @@ class Settings:
     max_pixels: int = _setting(40_000_000, "Largest accepted image or rendered PDF page, in pixels (checked before "
                                "decoding)")
     pdf_dpi: int = _setting(150, "Resolution PDF pages are rendered at, in dots per inch")
-    review_below: float = _setting(0.9, "Numbers whose confidence (calibrated, the lowest of their digits) is "
+    review_below: float = _setting(0.8, "Numbers whose confidence (calibrated, the lowest of their digits) is "
                                    "below this are flagged for review; see the model card's operating points")
     batch_size: int = _setting(64, "Most images the worker recognises in one model call")
     batch_wait_ms: float = _setting(5.0, "Longest the worker waits to fill a batch, in milliseconds")

@@ -29,4 +29,4 @@ def test_single_digits_are_read_right_and_few_are_flagged(reader):
 def test_whole_numbers_are_read_right_and_few_are_flagged(reader):
     result = score(reader, "numbers", scans_of("numbers", PAGES, seed=SEED), review_below=Settings().review_below)
     assert result.share >= 0.97, result
-    assert result.flagged_share <= 0.05, result
+    assert result.flagged_share <= 0.05, result  # at the default DIGITS_REVIEW_BELOW
