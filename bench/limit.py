@@ -26,18 +26,15 @@ def in_process_rate(datas: list[bytes], *, predictor, settings: Settings) -> tup
     jobs = [datas[start:start + settings.queue_batch] for start in range(0, len(datas), settings.queue_batch)]
 
     def run_job(job: list[bytes]) -> int:
-        prepared, unsent = [], []
+        prepared, feeder = [], recognition.Feeder(batcher, batch_size=settings.batch_size)
         for data in job:
             try:
                 pending = recognition.prepare(data, settings)
             except BadInput:
                 continue
             prepared.append(pending)
-            unsent.append(pending)
-            if sum(len(item.images) for item in unsent) >= settings.batch_size:
-                recognition.submit(batcher, unsent)
-                unsent = []
-        recognition.submit(batcher, unsent)
+            feeder.add(pending)
+        feeder.flush()
         for pending in prepared:
             pending.future.result()
         return sum(len(pending.pages) for pending in prepared)

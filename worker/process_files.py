@@ -46,17 +46,12 @@ def process(files: Any, *, runtime: Runtime, job: str, worker: str) -> list[dict
         files = []
         log.error("job %s: files must be a list of {path, sha256}", job)
     drops = _drops(runtime, files)
-    entries, unsent = [], []
+    entries, feeder = [], recognition.Feeder(runtime.batcher, batch_size=settings.batch_size)
     for raw in files:
         entries.append(_read(raw, settings=settings, runtime=runtime, job=job, worker=worker, drops=drops))
         if entries[-1].pending is not None:
-            unsent.append(entries[-1].pending)
-        # Files go to the batcher in groups of about a batch: big batches, while later files still
-        # decode during inference of earlier ones.
-        if sum(len(item.images) for item in unsent) >= settings.batch_size:
-            recognition.submit(runtime.batcher, unsent)
-            unsent = []
-    recognition.submit(runtime.batcher, unsent)
+            feeder.add(entries[-1].pending)
+    feeder.flush()
     open_entries = [entry for entry in entries if entry.summary is None]
     for entry in open_entries:
         if entry.pending is not None:

@@ -44,6 +44,25 @@ def submit(batcher: Batcher, pending: list[Pending]) -> None:
         item.future = future
 
 
+class Feeder:
+    """Hands normalised files to the batcher in groups of about a batch: big batches, while later files
+    still decode during the inference of earlier ones."""
+
+    def __init__(self, batcher: Batcher, *, batch_size: int):
+        self.batcher = batcher
+        self.batch_size = batch_size
+        self.unsent: list[Pending] = []
+
+    def add(self, pending: Pending) -> None:
+        self.unsent.append(pending)
+        if sum(len(item.images) for item in self.unsent) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        submit(self.batcher, self.unsent)
+        self.unsent = []
+
+
 def start(data: bytes, batcher: Batcher, settings) -> Pending:
     """Normalise a scan and queue its glyphs."""
     pending = prepare(data, settings)
