@@ -127,7 +127,8 @@ def test_a_worse_training_run_publishes_but_does_not_go_live_and_use_rolls_back_
         stop.set()
         sender.join(timeout=120)
 
-        assert answers and all(answer["status"] == "ok" for answer in answers), answers
+        # No job failed while versions switched (the one-epoch model may read no digit: that is no failure).
+        assert answers and all(answer["status"] != "error" for answer in answers), answers
         assert {answer["model"] for answer in answers} <= {shipped, "forced"}
         listed = json.loads(run_digits("versions", "--json", "--weights", str(weights)).stdout)
         figures = {entry["version"]: entry for entry in listed["versions"]}

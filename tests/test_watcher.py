@@ -202,7 +202,7 @@ def test_hidden_temporary_system_unsupported_and_special_files_are_skipped(tmp_p
     outside = tmp_path / "outside.png"
     outside.write_bytes(b"not in the inbox")
     skipped = [".hidden.png", "scan.png.part", "scan.tmp", "scan.png~", ".DS_Store", "._scan.png", "Thumbs.db",
-               "desktop.ini", "@eaDir/scan.png", ".stfolder/scan.png", "sub/.cache/scan.png", "notes.pdf",
+               "desktop.ini", "@eaDir/scan.png", ".stfolder/scan.png", "sub/.cache/scan.png", "notes.docx",
                "README"]
     for relative in skipped:
         (inbox / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -223,9 +223,9 @@ def test_hidden_temporary_system_unsupported_and_special_files_are_skipped(tmp_p
     log = watcher.log()
     assert "skipped link.png: symbolic link" in log
     assert "skipped pipe.png: not a regular file" in log
-    assert "skipped notes.pdf: unsupported extension" in log
+    assert "skipped notes.docx: unsupported extension" in log
     assert "name is not valid UTF-8" in log
-    assert log.count("skipped notes.pdf") == 1  # once, not at every rescan
+    assert log.count("skipped notes.docx") == 1  # once, not at every rescan
 
 
 def test_restarting_the_watcher_queues_nothing_twice_but_new_content_again(inbox, start_watcher, redis_client):

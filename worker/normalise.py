@@ -66,8 +66,8 @@ LINE_RUN = 2.5  # ink running straight for this many typical digit heights is a 
 SIDE_RUN = 0.9  # ... and so is a vertical run this long that joins a line at both of its ends
 STACKED = 0.25  # marks overlapping horizontally this close vertically (share of the taller) are one glyph
 SAME_LINE = 0.5  # marks overlapping vertically by this share of the shorter are on one text line
-NUMBER_GAP = 0.9  # a gap wider than this share of the line's digit height ends a number
-WIDE = 0.85  # a glyph this wide for its height may hold touching digits: it also comes cut, for the model to judge
+NUMBER_GAP = 1.5  # a gap wider than this share of the line's digit height ends a number
+WIDE = 1.0  # a glyph at least as wide as tall may hold touching digits: it also comes cut, for the model to judge
 _EIGHT_NEIGHBOURS = np.ones((3, 3), bool)  # diagonal steps join a stroke, as a pen draws them
 
 
