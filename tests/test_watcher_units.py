@@ -144,3 +144,28 @@ def test_the_watcher_never_imports_tensorflow(tmp_path):
     finished = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
                               timeout=120)
     assert finished.stdout.strip() == "6 []", finished.stderr
+
+
+def test_a_stopped_observer_is_replaced_and_what_arrived_meanwhile_is_found(tmp_path, redis_server):
+    import queue as queues
+
+    from watcher.enqueue import JobSender, connect_redis
+    from watcher.observer import start_observer
+    from watcher.service import Watcher
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    settings = Settings(inbox=inbox, results=tmp_path / "results", broker_url=redis_server.url)
+    watcher = Watcher(settings, inbox=inbox, client=connect_redis(redis_server.url),
+                      sender=JobSender(redis_server.url))
+    dead, _ = start_observer(inbox, queues.SimpleQueue(), polling=True, poll_interval=0.1)
+    dead.stop()  # as when a network share goes away under a polling observer
+    dead.join(timeout=5)
+    (inbox / "arrived meanwhile.png").write_bytes(b"nobody watched")
+    replacement = watcher._restart_observer(dead)
+    try:
+        assert replacement.is_alive() and not dead.is_alive()
+        assert "arrived meanwhile.png" in watcher.tracker  # the rescan found it: it starts its quiet period
+    finally:
+        replacement.stop()
+        replacement.join(timeout=5)

@@ -75,6 +75,8 @@ class Watcher:
             while not stop.is_set():
                 try:
                     self.step()
+                    if not observer.is_alive():
+                        observer = self._restart_observer(observer)
                 except Exception:  # the outermost loop: one bad file or surprise never stops the watcher
                     log.exception("unexpected error in the watcher loop; carrying on")
                     stop.wait(1.0)
@@ -84,6 +86,16 @@ class Watcher:
             self.outbox.flush(time.monotonic(), force=True)
             log.info("watcher stopped: %d file(s) not yet ready, %d ready but not sent (they stay in the inbox "
                      "and are queued at the next start)", len(self.tracker), len(self.outbox))
+
+    def _restart_observer(self, dead):
+        """watchdog's observer thread can stop by itself (a network share that went away, for one): start a
+        new one, and rescan at once for whatever arrived while nothing watched."""
+        log.warning("the filesystem observer stopped; starting it again and rescanning the inbox")
+        dead.join(timeout=1)
+        observer, _ = start_observer(self.inbox, self.notices, polling=self.settings.polling,
+                                     poll_interval=self.settings.poll_interval)
+        self.rescan(time.monotonic())
+        return observer
 
     def step(self) -> None:
         """Handle the notices that arrived, hash what became ready, rescan when due, send what is due."""
