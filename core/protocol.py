@@ -21,7 +21,8 @@ INFO_COMMAND = "digits_info"  # the Celery inspect command each worker answers (
 
 LEDGER_KEY = "digits:ledger"        # hash: inbox path -> "<state>:<sha256>:<unix time>"
 COUNTER_PREFIX = "digits:count:"    # + status: results made, for digits status and digits up
-ROW_MARK_PREFIX = "digits:row:"     # + job:sha256:source: results.csv row written once per job and file
+ROW_MARK_PREFIX = "digits:row:"     # + drop (or job), sha256, source: results.csv row written once
+UNACKED_KEY = "unacked"             # Kombu's Redis transport: jobs delivered to a worker and not yet acknowledged
 
 # --- the result object -------------------------------------------------------------------------
 

@@ -70,7 +70,7 @@ def collect(url: str, *, timeout: float = 1.0, worker_limit: int | None = None) 
     try:
         client.ping()
         depth = queue_depth(client)
-        in_flight = client.hlen("unacked")
+        in_flight = client.hlen(protocol.UNACKED_KEY)
         done = counts(client)
         files_waiting = ledger.count_queued(client)
     except redis.exceptions.RedisError as error:

@@ -169,3 +169,32 @@ def test_a_stopped_observer_is_replaced_and_what_arrived_meanwhile_is_found(tmp_
     finally:
         replacement.stop()
         replacement.join(timeout=5)
+
+
+def test_a_lost_job_is_sent_again_and_a_waiting_one_is_not(tmp_path, redis_server, redis_client):
+    from core import protocol
+    from watcher import service
+    from watcher.enqueue import JobSender, connect_redis
+    from watcher.service import Watcher
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    settings = Settings(inbox=inbox, results=tmp_path / "results", broker_url=redis_server.url, queue_wait_ms=0)
+    watcher = Watcher(settings, inbox=inbox, client=connect_redis(redis_server.url),
+                      sender=JobSender(redis_server.url))
+    (inbox / "lost.png").write_bytes(b"its job vanished")
+    watcher.rescan(0.0)
+    wait = settings.ready_delay + 0.1
+    for relative, fingerprint in watcher.tracker.due(wait, watcher._current_fingerprint):
+        watcher._hash(relative, fingerprint, now=wait)
+    watcher.outbox.flush(wait, force=True)
+    assert redis_client.llen(protocol.QUEUE) == 1 and watcher.known["lost.png"].job
+    later = watcher.known["lost.png"].sent_at + service.ORPHAN_AFTER + 1
+    watcher.resend_lost(later)
+    assert "lost.png" not in watcher.outbox  # its job waits in the queue: nothing to do
+
+    redis_client.delete(protocol.QUEUE)  # popped by a worker that died before recording it
+    watcher.resend_lost(later)
+    assert "lost.png" in watcher.outbox  # sent again
+    watcher.outbox.flush(later + 1, force=True)
+    assert redis_client.llen(protocol.QUEUE) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -54,13 +55,13 @@ class Outbox:
     """Ready files waiting to be sent: up to queue_batch per job, or what is there after queue_wait seconds."""
 
     def __init__(self, *, client: redis.Redis, sender: JobSender, health: BrokerHealth, queue_batch: int,
-                 queue_wait: float, on_settled: Callable[[ReadyFile, bool], None]):
+                 queue_wait: float, on_settled: Callable[[ReadyFile, str | None], None]):
         self.client = client
         self.sender = sender
         self.health = health
         self.queue_batch = queue_batch
         self.queue_wait = queue_wait
-        self.on_settled = on_settled  # (file, sent by us) once it is queued, or found queued or done already
+        self.on_settled = on_settled  # (file, id of the job we sent it in, or None: found queued or done already)
         self._waiting: dict[str, ReadyFile] = {}
         self._claimed_unsent: dict[str, str] = {}  # claims whose job may not have gone out: released on retry
 
@@ -134,14 +135,34 @@ class Outbox:
                 del self._claimed_unsent[ready.relative]
                 del self._waiting[ready.relative]
                 log.debug("%s is already queued or done with this content; not queued again", ready.relative)
-                self.on_settled(ready, False)
+                self.on_settled(ready, None)
             for start in range(0, len(to_send), self.queue_batch):
                 job = to_send[start:start + self.queue_batch]
                 job_id = self.sender.send(job)
                 for ready in job:
                     del self._claimed_unsent[ready.relative]
                     self._waiting.pop(ready.relative, None)
-                    self.on_settled(ready, True)
+                    self.on_settled(ready, job_id)
                 # One line per job rather than per file: a burst of 10,000 files would log 10,000 records.
                 log.info("queued job %s with %d file(s): %s", job_id, len(job),
                          ", ".join(ready.relative for ready in job))
+
+
+def live_jobs(client: redis.Redis) -> set[str]:
+    """Ids of the jobs still waiting in the queue or held by a worker (delivered, not yet acknowledged)."""
+    found = set()
+    for raw in client.lrange(protocol.QUEUE, 0, -1):
+        found.add(_job_id(raw))
+    for raw in client.hvals(protocol.UNACKED_KEY):
+        try:
+            found.add(_job_id(json.dumps(json.loads(raw)[0])))
+        except (ValueError, IndexError, TypeError):
+            continue
+    return found
+
+
+def _job_id(raw) -> str | None:
+    try:
+        return json.loads(raw).get("headers", {}).get("id")
+    except (ValueError, AttributeError):
+        return None

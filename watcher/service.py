@@ -19,7 +19,7 @@ from watcher.content import (
     regular_fingerprint,
     sha256_of,
 )
-from watcher.enqueue import JobSender, Outbox, ReadyFile
+from watcher.enqueue import JobSender, Outbox, ReadyFile, live_jobs
 from watcher.filters import NOT_REGULAR, SYMLINK, Skip, SkipLog, folder_skip, name_skip
 from watcher.observer import Notice, start_observer
 from watcher.outage import TRANSIENT_ERRORS, BrokerHealth
@@ -34,6 +34,10 @@ HASHES_PER_STEP = 256  # then send and look at events again: a burst neither del
 LOOKUP_CHUNK = 1000
 
 
+ORPHAN_AFTER = 30.0  # seconds after sending before a job that is neither waiting nor held counts as lost
+ORPHAN_CHECK = 10.0  # seconds between looks for lost jobs
+
+
 @dataclass(slots=True)
 class KnownFile:
     """A file whose content was claimed in the ledger (by this process or earlier), as it was then."""
@@ -41,6 +45,8 @@ class KnownFile:
     fingerprint: Fingerprint
     sha256: str
     sent_here: bool
+    job: str | None = None  # the job this watcher sent it in
+    sent_at: float = 0.0  # when (monotonic)
 
 
 class Watcher:
@@ -56,6 +62,7 @@ class Watcher:
         self.outbox = Outbox(client=client, sender=sender, health=self.health, queue_batch=settings.queue_batch,
                              queue_wait=settings.queue_wait_ms / 1000, on_settled=self._settled)
         self.known: dict[str, KnownFile] = {}
+        self.next_orphan_check = 0.0
         self.unreadable: dict[str, Fingerprint] = {}
         self.skips = SkipLog(log)
         self.next_rescan = float("inf")
@@ -114,6 +121,9 @@ class Watcher:
             self._hash(relative, fingerprint, now=now)
         if self.rescan_requested or now >= self.next_rescan:
             self.rescan(now)
+        if now >= self.next_orphan_check:
+            self.next_orphan_check = now + ORPHAN_CHECK
+            self.resend_lost(now)
         was_down = self.health.down
         self.outbox.flush(now)
         if self.health.down and self.health.may_try(now) and not len(self.outbox):
@@ -268,11 +278,41 @@ class Watcher:
         log.debug("ready: %s (sha256 %s)", relative, sha256)
         self.outbox.add(ReadyFile(relative, sha256, after, now))
 
-    def _settled(self, ready: ReadyFile, sent_here: bool) -> None:
+    def _settled(self, ready: ReadyFile, job: str | None) -> None:
         previous = self.known.get(ready.relative)
-        if not sent_here and previous is not None and previous.sha256 == ready.sha256:
-            sent_here = previous.sent_here
-        self.known[ready.relative] = KnownFile(ready.fingerprint, ready.sha256, sent_here)
+        if job is None and previous is not None and previous.sha256 == ready.sha256:
+            self.known[ready.relative] = KnownFile(ready.fingerprint, ready.sha256, previous.sent_here, previous.job,
+                                                   previous.sent_at)
+            return
+        self.known[ready.relative] = KnownFile(ready.fingerprint, ready.sha256, job is not None, job, time.monotonic())
+
+    def resend_lost(self, now: float) -> None:
+        """Send again files whose job is lost: sent here over ORPHAN_AFTER ago, still claimed and in the inbox,
+        yet neither waiting in the queue nor held by a worker (a worker killed in the instant it popped the
+        job, or a retry that could not be published). A duplicate is harmless; a lost job would strand them."""
+        candidates = [(relative, known) for relative, known in self.known.items()
+                      if known.job is not None and now - known.sent_at > ORPHAN_AFTER]
+        if not candidates or not self.health.may_try(now):
+            return
+        try:
+            claims = ledger.lookup(self.client, [relative for relative, _ in candidates])
+            waiting = [(relative, known) for (relative, known), claim in zip(candidates, claims)
+                       if claim is not None and claim[0] == ledger.QUEUED and claim[1] == known.sha256]
+            if not waiting:
+                return
+            live = live_jobs(self.client)
+            lost = [(relative, known) for relative, known in waiting if known.job not in live
+                    and self._current_fingerprint(relative) == known.fingerprint]
+            if lost:
+                ledger.release(self.client, [(relative, known.sha256) for relative, known in lost])
+        except TRANSIENT_ERRORS as error:
+            self.health.failed(error, now=now, waiting=len(self.outbox))
+            return
+        for relative, known in lost:
+            log.warning("queueing %s again: its job %s is neither waiting nor held by a worker (lost)", relative,
+                        known.job)
+            del self.known[relative]
+            self.outbox.add(ReadyFile(relative, known.sha256, known.fingerprint, now))
 
     def _reconcile(self, relatives: list[str], *, now: float) -> None:
         """Send again claimed files still in the inbox whose ledger entry was lost, or whose claim went stale.
