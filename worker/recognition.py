@@ -97,11 +97,39 @@ def read(pages: list, probabilities: np.ndarray, *, source: str, model: str | No
                                                [glyph.box] + [piece.box for piece in glyph.pieces], page=page.index)
                 offset += count
                 details.extend(_reading(found[0], found[1:]))
-            found = protocol.number_result(details, review_below=review_below)
+            found = protocol.number_result(_without_printed(details), review_below=review_below)
             if found is not None:
                 numbers.append(found)
         results.append(protocol.page_result(page.index, numbers))
     return protocol.result(source, pages=results, model=model, sha256=sha256, worker=worker, job=job)
+
+
+PRINTED_GAP = 0.35  # digits closer than this share of the taller mark to a rejected one are part of its text
+
+
+def _without_printed(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Leave out digits written tight against marks the model rejects, and digits tight against those: the
+    figures of printed text (a form's "No. 600", a date in a letterhead), which run on from its letters."""
+    rejected = [detail["confidence"] < detail["not_a_digit"] for detail in details]
+    context = rejected[:]
+    changed = True
+    while changed:
+        changed = False
+        for index, detail in enumerate(details):
+            if context[index]:
+                continue
+            for neighbour in (index - 1, index + 1):
+                if 0 <= neighbour < len(details) and context[neighbour] and _tight(detail, details[neighbour]):
+                    context[index] = changed = True
+                    break
+    return [detail for detail, is_context, is_rejected in zip(details, context, rejected)
+            if is_rejected or not is_context]
+
+
+def _tight(first: dict[str, Any], second: dict[str, Any]) -> bool:
+    (left_a, top_a, right_a, bottom_a), (left_b, top_b, right_b, bottom_b) = first["box"], second["box"]
+    gap = max(left_a, left_b) - min(right_a, right_b)
+    return gap < PRINTED_GAP * max(bottom_a - top_a, bottom_b - top_b)
 
 
 def images_of(pages: list) -> list[np.ndarray]:
