@@ -106,7 +106,7 @@ class Outcome:
     reason: str
 
 
-NEGATIVES_SHARE = 0.3  # not-a-digit examples per handwritten digit in training
+NEGATIVES_SHARE = 0.25  # not-a-digit examples per handwritten digit in training
 VALIDATION_NEGATIVES = 3000
 
 
@@ -125,7 +125,7 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
     train_x, train_y = mnist.train_x, mnist.train_y
     if limit:
         train_x, train_y = train_x[:limit], train_y[:limit]
-    # The eleventh class: printed characters, lines and stains (trainer.negatives), 0.3 as many.
+    # The eleventh class: printed characters, lines and stains (trainer.negatives), a quarter as many.
     train_x, train_y = _with_negatives(train_x, train_y, count=int(NEGATIVES_SHARE * len(train_x)), seed=seed)
     val_x, val_y = _with_negatives(mnist.val_x, mnist.val_y, count=VALIDATION_NEGATIVES, seed=seed + 1)
     keras.utils.set_random_seed(seed)
