@@ -1,5 +1,8 @@
 """One results.csv row per (job, file) whatever moment a worker died at, checked step by step (no TensorFlow)."""
 
+import hashlib
+import json
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -77,3 +80,61 @@ def test_a_file_resent_by_another_job_while_it_waits_gets_one_row_and_a_new_drop
     assert again != drops
     process_files.record_row(runtime, result_for() | {"job": "job-3"}, job="job-3", sha256=SHA, drops=again)
     assert len(rows(tmp_path)) == 2
+
+
+def test_a_job_that_fails_for_good_gives_its_files_error_results_and_moves_them_to_failed(tmp_path, redis_client):
+    settings = Settings(inbox=tmp_path / "inbox", results=tmp_path / "results", failed=tmp_path / "failed")
+    runtime = SimpleNamespace(settings=settings, redis=redis_client)
+    settings.inbox.mkdir()
+    (settings.inbox / "stuck.png").write_bytes(b"waited through ten retries")
+    sha = hashlib.sha256(b"waited through ten retries").hexdigest()
+    ledger.claim(redis_client, [("stuck.png", sha)])
+    summaries = process_files.dead_letter([{"path": "stuck.png", "sha256": sha}, {"path": "gone.png", "sha256": SHA}],
+                                          runtime=runtime, job="job-9", worker="w", cause="Redis down for an hour")
+    assert [summary["source"] for summary in summaries] == ["stuck.png"]  # gone.png left the inbox already
+    result = json.loads((settings.results / "stuck.png.json").read_text())
+    assert result["status"] == "error" and result["error"] == "JobFailed: Redis down for an hour"
+    assert (settings.failed / "stuck.png").is_file() and not (settings.inbox / "stuck.png").exists()
+    assert [row["source"] for row in rows(tmp_path)] == ["stuck.png"]
+    assert ledger.lookup(redis_client, ["stuck.png"]) == [None]  # forgotten: the same file dropped again is new
+
+
+def test_results_files_follow_the_umask(tmp_path):
+    previous = os.umask(0o002)  # a results folder shared by a group
+    try:
+        results.write_json_files([(tmp_path / "a.png.json", {"source": "a.png"})])
+        results.append_rows(tmp_path / "results.csv", [result_for()])
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.png.json").stat().st_mode & 0o777 == 0o664
+    assert (tmp_path / "results.csv").stat().st_mode & 0o777 == 0o664
+
+
+def test_a_file_that_breaks_the_reader_fails_alone_and_an_unreadable_one_waits(tmp_path, redis_client, monkeypatch):
+    from worker import recognition
+
+    settings = Settings(inbox=tmp_path / "inbox", results=tmp_path / "results")
+    settings.inbox.mkdir()
+    runtime = SimpleNamespace(settings=settings, redis=redis_client,
+                              holder=SimpleNamespace(current=SimpleNamespace(version="v1")))
+
+    def broken_reader(data, settings):
+        raise ValueError("a bug this file triggers")
+
+    monkeypatch.setattr(recognition, "prepare", broken_reader)
+    (settings.inbox / "poison.png").write_bytes(b"poison")
+    poison = {"path": "poison.png", "sha256": hashlib.sha256(b"poison").hexdigest()}
+    entry = process_files._read(poison, settings=settings, runtime=runtime, job="j", worker="w", drops={})
+    assert entry.result["status"] == "error" and entry.result["error"].startswith("InternalError: ValueError")
+
+    (settings.inbox / "locked.png").write_bytes(b"locked")
+    locked = {"path": "locked.png", "sha256": hashlib.sha256(b"locked").hexdigest()}
+    ledger.claim(redis_client, [(locked["path"], locked["sha256"])])
+
+    def unreadable(entry, *, max_bytes):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(process_files, "_read_if_current", unreadable)
+    entry = process_files._read(locked, settings=settings, runtime=runtime, job="j", worker="w", drops={})
+    assert entry.summary["status"] == protocol.WAITING and entry.result is None
+    assert ledger.lookup(redis_client, ["locked.png"]) == [None]  # claim released: the next rescan sends it again
