@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from core.errors import BadInput
+from core.protocol import DIGIT_CLASSES
 from trainer.scans import Scan, numbers, single_digits
 
 PREDICT_BATCH = 512
@@ -96,7 +97,7 @@ def score(predict, kind: str, scans: list[Scan], *, review_below: float) -> Scor
         total_numbers += max(0, len(expected) - sum(len(page["numbers"]) for page in result["pages"]))
         if kind in PLAIN:
             guesses = predict(plain_resize(scan.data))
-            plain_right += sum(str(int(row[:10].argmax())) == label for row, label in zip(guesses, scan.labels))
+            plain_right += sum(str(int(row[:DIGIT_CLASSES].argmax())) == label for row, label in zip(guesses, scan.labels))
     return Score(kind, len(scans), right, total_numbers, flagged, accepted_wrong, plain_right)
 
 
@@ -121,7 +122,7 @@ def predictor(weights: Path, version: str | None):
 
     def predict(images: list[np.ndarray]) -> np.ndarray:
         if not images:
-            return np.zeros((0, 11), np.float32)
+            return np.zeros((0, DIGIT_CLASSES + 1), np.float32)
         batch = np.stack(images).astype(np.float32)
         return np.concatenate([loaded.predict(batch[start:start + PREDICT_BATCH])
                                for start in range(0, len(batch), PREDICT_BATCH)])

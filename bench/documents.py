@@ -93,15 +93,22 @@ def _ruled(random, number):
     return canvas.image(), label, (sources,)
 
 
-def _photo(random, number):
-    """A phone photo of a number on paper: a shadow across the page, a slight blur, a small tilt, JPEG."""
-    width, height = int(random.integers(800, 1200)), int(random.integers(600, 900))
+def _plain(random, number, *, widths: tuple[int, int], heights: tuple[int, int], digits_tall: tuple[int, int]):
+    """Paper with one handwritten number anywhere on it: (canvas, label, sources)."""
+    width, height = int(random.integers(*widths)), int(random.integers(*heights))
     canvas = _Canvas(width, height, random)
     digits, label, sources = number()
-    ink, _ = _handwriting(digits, random, height=int(random.integers(80, 140)))
+    ink, _ = _handwriting(digits, random, height=int(random.integers(*digits_tall)))
     canvas.write(ink, (int(random.integers(20, max(21, width - ink.shape[1] - 20))),
                        int(random.integers(20, max(21, height - ink.shape[0] - 20)))))
+    return canvas, label, sources
+
+
+def _photo(random, number):
+    """A phone photo of a number on paper: a shadow across the page, a slight blur, a small tilt, JPEG."""
+    canvas, label, sources = _plain(random, number, widths=(800, 1200), heights=(600, 900), digits_tall=(80, 140))
     image = np.asarray(canvas.image(), np.float32)
+    height, width = image.shape[:2]
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
     angle = random.uniform(0, 2 * math.pi)
     ramp = cols * math.cos(angle) + rows * math.sin(angle)
@@ -134,12 +141,7 @@ def _tally(random, number):
 
 def _pdf(random, number):
     """A plain number page as a scanner's PDF makes it."""
-    width, height = int(random.integers(600, 900)), int(random.integers(450, 700))
-    canvas = _Canvas(width, height, random)
-    digits, label, sources = number()
-    ink, _ = _handwriting(digits, random, height=int(random.integers(70, 130)))
-    canvas.write(ink, (int(random.integers(20, max(21, width - ink.shape[1] - 20))),
-                       int(random.integers(20, max(21, height - ink.shape[0] - 20)))))
+    canvas, label, sources = _plain(random, number, widths=(600, 900), heights=(450, 700), digits_tall=(70, 130))
     return canvas.image(), label, (sources,)
 
 

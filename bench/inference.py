@@ -41,13 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from core.device import configure
+    from core.weights import GLYPH_SHAPE
 
     device = configure(args.device)
     print(f"device {device}, batch size {args.batch_size}, {args.images} images x {args.runs} runs, "
           f"the two models interleaved run by run (medians; ratio = median of the per-run ratios)")
     architectures = ("strided-bn", "keras-example")
     predictors = {arch: _predictor(arch) for arch in architectures}
-    data = np.random.default_rng(0).random((args.images, 28, 28), dtype=np.float32)
+    data = np.random.default_rng(0).random((args.images, *GLYPH_SHAPE), dtype=np.float32)
     for predictor, _ in predictors.values():
         predictor.predict(data[:args.batch_size])  # the first full batch traces the function
     rates: dict[str, list[float]] = {arch: [] for arch in architectures}

@@ -84,13 +84,14 @@ def _run_finish(client, files: list[tuple[str, str, str]]) -> None:
     pipe.execute()
 
 
+def _parse(value: bytes) -> tuple[str, str, float]:
+    state, sha256, stamp = value.decode().split(":")
+    return state, sha256, float(stamp)
+
+
 def entries(client) -> dict[str, tuple[str, str, float]]:
     """path -> (state, sha256, unix time of the last change)."""
-    parsed = {}
-    for path, value in client.hgetall(KEY).items():
-        state, sha256, stamp = value.decode().split(":")
-        parsed[path.decode()] = (state, sha256, float(stamp))
-    return parsed
+    return {path.decode(): _parse(value) for path, value in client.hgetall(KEY).items()}
 
 
 def count_queued(client) -> int:
@@ -101,11 +102,4 @@ def lookup(client, paths: list[str]) -> list[tuple[str, str, float] | None]:
     """(state, sha256, unix time) or None for each path, in one round trip."""
     if not paths:
         return []
-    found = []
-    for value in client.hmget(KEY, paths):
-        if value is None:
-            found.append(None)
-        else:
-            state, sha256, stamp = value.decode().split(":")
-            found.append((state, sha256, float(stamp)))
-    return found
+    return [None if value is None else _parse(value) for value in client.hmget(KEY, paths)]

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core.errors import WeightsError
+from core.protocol import DIGIT_CLASSES
 
-INPUT_SHAPE = (28, 28, 1)  # a published model maps float32 (N, 28, 28, 1) in 0..1 ...
-NUM_CLASSES = 10           # ... to (N, 10) digit probabilities,
-OUTPUTS = (10, 11)         # or (N, 11) with "not a digit" last (core.calibration.NOT_A_DIGIT)
+INPUT_SHAPE = (28, 28, 1)  # a published model maps float32 (N, 28, 28, 1) in 0..1 to (N, 10) digit
+GLYPH_SHAPE = INPUT_SHAPE[:2]
+OUTPUTS = (DIGIT_CLASSES, DIGIT_CLASSES + 1)  # probabilities, or (N, 11) with "not a digit" last
 POINTER = "CURRENT"
 HISTORY = "HISTORY"  # one line per change of CURRENT: "<UTC time> <version>", oldest first
 MODEL_FILE = "model.keras"
@@ -87,7 +88,8 @@ def load(weights: Path, version: str | None = None):
         raise WeightsError(f"cannot load weights version {version}: {type(error).__name__}: {error}") from None
     if tuple(model.input_shape[1:]) != INPUT_SHAPE or tuple(model.output_shape[1:]) not in [(n,) for n in OUTPUTS]:
         raise WeightsError(f"weights version {version} has input {model.input_shape} and output "
-                           f"{model.output_shape}, expected (N, 28, 28, 1) -> (N, 10) or (N, 11)")
+                           f"{model.output_shape}, expected (N, {', '.join(map(str, INPUT_SHAPE))}) -> (N, "
+                           f"{OUTPUTS[0]}) or (N, {OUTPUTS[1]})")
     return model, version
 
 

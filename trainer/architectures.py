@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from core.errors import ConfigError
+from core.protocol import DIGIT_CLASSES
 from core.weights import INPUT_SHAPE
 
 # Ten digits and "not a digit" (trainer.negatives): printed text, lines and stains are answered as such.
-CLASSES = 11
+CLASSES = DIGIT_CLASSES + 1
 
 
 def build_keras_example():

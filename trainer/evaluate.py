@@ -15,6 +15,7 @@ from core import weights as weights_store
 from core.calibration import NOT_A_DIGIT
 from core.device import configure
 from core.errors import BadInput
+from core.protocol import DIGIT_CLASSES
 from trainer import data as mnist_data
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ PREDICT_BATCH = 512
 def accuracy_report(labels: np.ndarray, predicted: np.ndarray) -> dict:
     """Accuracy, per digit, and the confusion matrix: a row per true digit, a column per answer (the
     eleventh column counts digits answered "not a digit")."""
-    confusion = np.zeros((10, 11), dtype=np.int64)
+    confusion = np.zeros((DIGIT_CLASSES, DIGIT_CLASSES + 1), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
     return {
@@ -105,7 +106,7 @@ def scan_set(cache: Path | None = None) -> tuple[np.ndarray, list[int], list[str
             glyphs.extend(found)
             counts.append(len(found))
             labels.append(label)
-    images = np.stack(glyphs).astype(np.float32) if glyphs else np.zeros((0, 28, 28), np.float32)
+    images = np.stack(glyphs).astype(np.float32) if glyphs else np.zeros((0, *weights_store.GLYPH_SHAPE), np.float32)
     _save_atomically(path, glyphs=images, counts=np.array(counts), labels=np.array(labels))
     return images, counts, labels
 

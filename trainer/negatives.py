@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from core.weights import GLYPH_SHAPE
 from worker.normalise import fit
 
 PRINTED = string.ascii_letters + string.digits + "$%&#@+=:;()[]*?€£§"
@@ -44,7 +45,7 @@ def negatives(count: int, *, seed: int, held_out_fonts: bool = False) -> np.ndar
     """`count` not-a-digit images, float32 (count, 28, 28) in 0..1, white on black like MNIST."""
     random = np.random.default_rng(seed)
     fonts = font_files(held_out=held_out_fonts)
-    images = np.zeros((count, 28, 28), np.float32)
+    images = np.zeros((count, *GLYPH_SHAPE), np.float32)
     for index in range(count):
         kind = KINDS[int(random.integers(len(KINDS)))]
         ink = _draw(kind, random, fonts)

@@ -172,7 +172,7 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
         "architecture": arch,
         "parameters": int(net.count_params()),
         "multiply_adds": architectures.multiply_adds(net),
-        "input": {"shape": [None, 28, 28, 1], "dtype": "float32", "range": [0, 1],
+        "input": {"shape": [None, *weights_store.INPUT_SHAPE], "dtype": "float32", "range": [0, 1],
                   "convention": "white strokes on black, digit fitted in 20x20, centred by mass in 28x28"},
         "data": {"source": mnist.source, "sha256": mnist.sha256, "train_images": int(len(train_x)),
                  "validation_images": int(len(mnist.val_x)), "test_images": int(len(mnist.test_x))},

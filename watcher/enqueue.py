@@ -150,19 +150,16 @@ class Outbox:
 
 def live_jobs(client: redis.Redis) -> set[str]:
     """Ids of the jobs still waiting in the queue or held by a worker (delivered, not yet acknowledged)."""
-    found = set()
-    for raw in client.lrange(protocol.QUEUE, 0, -1):
-        found.add(_job_id(raw))
-    for raw in client.hvals(protocol.UNACKED_KEY):
-        try:
-            found.add(_job_id(json.dumps(json.loads(raw)[0])))
-        except (ValueError, IndexError, TypeError):
-            continue
-    return found
+    found = {_job_id(raw) for raw in client.lrange(protocol.QUEUE, 0, -1)}
+    # Kombu keeps each unacknowledged delivery as [message, exchange, routing key].
+    found |= {_job_id(raw, unacked=True) for raw in client.hvals(protocol.UNACKED_KEY)}
+    return found - {None}
 
 
-def _job_id(raw) -> str | None:
+def _job_id(raw: bytes, *, unacked: bool = False) -> str | None:
+    """The task id in a Kombu message's headers, or None for anything else."""
     try:
-        return json.loads(raw).get("headers", {}).get("id")
-    except (ValueError, AttributeError):
+        message = json.loads(raw)
+        return (message[0] if unacked else message).get("headers", {}).get("id")
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError):
         return None

@@ -13,6 +13,9 @@ from typing import Callable
 
 import numpy as np
 
+from core.protocol import DIGIT_CLASSES
+from core.weights import GLYPH_SHAPE
+
 log = logging.getLogger(__name__)
 
 RATE_WINDOW_SECONDS = 60.0
@@ -109,10 +112,10 @@ class Batcher:
 
     def submit_many(self, image_sets: list[np.ndarray]) -> list[Future]:
         """Queue several requests at once, so the batcher sees them together; one future per request."""
-        requests = [Request(np.asarray(images, dtype=np.float32).reshape(-1, 28, 28)) for images in image_sets]
+        requests = [Request(np.asarray(images, dtype=np.float32).reshape(-1, *GLYPH_SHAPE)) for images in image_sets]
         for request in requests:
             if request.count == 0:
-                request.future.set_result((np.zeros((0, 10), dtype=np.float32), self.predictor().version))
+                request.future.set_result((np.zeros((0, DIGIT_CLASSES), dtype=np.float32), self.predictor().version))
         with self._condition:
             if not self._running:
                 raise RuntimeError("the batcher is not running")

@@ -34,15 +34,16 @@ def compile_predictor(model, version: str, *, temperature: float = 1.0) -> Predi
 
     model = for_inference(model)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)], reduce_retracing=True)
+    @tf.function(input_signature=[tf.TensorSpec([None, *weights_store.INPUT_SHAPE], tf.float32)],
+                 reduce_retracing=True)
     def forward(images):
         return model(images, training=False)
 
     def predict(images: np.ndarray) -> np.ndarray:
-        batch = np.asarray(images, dtype=np.float32).reshape(-1, 28, 28, 1)
+        batch = np.asarray(images, dtype=np.float32).reshape(-1, *weights_store.INPUT_SHAPE)
         return scale(forward(tf.constant(batch)).numpy(), temperature)
 
-    probabilities = predict(np.zeros((1, 28, 28), dtype=np.float32))
+    probabilities = predict(np.zeros((1, *weights_store.GLYPH_SHAPE), dtype=np.float32))
     if probabilities.shape[1:] not in [(n,) for n in weights_store.OUTPUTS] or not np.all(np.isfinite(probabilities)):
         raise WeightsError(f"weights version {version} gives output {probabilities.shape} with non-finite values")
     return Predictor(version=version, predict=predict)

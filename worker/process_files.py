@@ -1,4 +1,4 @@
-"""Inbox files: confined reads, stale-job checks, results file, one csv row per job, then the original moves."""
+"""Inbox files: confined reads, stale-job checks, results file, one csv row per drop, then the original moves."""
 
 from __future__ import annotations
 
@@ -69,16 +69,25 @@ def _drops(runtime: Runtime, files: Any) -> dict[tuple[str, str], str]:
     return {(path, entry[1]): f"{entry[2]:.6f}" for path, entry in zip(paths, found) if entry is not None}
 
 
+def _entry(raw: Any) -> InboxFile | None:
+    """The job's entry {path, sha256} as an InboxFile; None when it is malformed."""
+    relative = raw.get("path") if isinstance(raw, dict) else None
+    sha256 = raw.get("sha256") if isinstance(raw, dict) else None
+    if not isinstance(relative, str) or not isinstance(sha256, str) or not SHA256_PATTERN.match(sha256.lower()):
+        return None
+    return InboxFile(relative=relative, sha256=sha256.lower())
+
+
 def _read(raw: Any, *, settings: Settings, runtime: Runtime, job: str, worker: str,
           drops: dict[tuple[str, str], str]) -> InboxFile:
     """Check one entry, read and hash the file and normalise it; bad input becomes an error result."""
-    relative = raw.get("path") if isinstance(raw, dict) else None
-    sha256 = raw.get("sha256") if isinstance(raw, dict) else None
-    entry = InboxFile(relative=str(relative), sha256=str(sha256).lower())
-    if not isinstance(relative, str) or not isinstance(sha256, str) or not SHA256_PATTERN.match(entry.sha256):
+    entry = _entry(raw)
+    if entry is None:
         log.error("job %s: malformed entry %r (needs path and a sha256 hex digest)", job, raw)
-        entry.summary = protocol.summary(entry.relative, protocol.ERROR, error="malformed entry: needs path and sha256")
-        return entry
+        source = str(raw.get("path")) if isinstance(raw, dict) else "None"
+        return InboxFile(relative=source, sha256="", summary=protocol.summary(
+            source, protocol.ERROR, error="malformed entry: needs path and sha256"))
+    relative = entry.relative
     model = runtime.holder.current.version
     try:
         results.check_relative(relative)
@@ -128,9 +137,9 @@ def dead_letter(files: Any, *, runtime: Runtime, job: str, worker: str, cause: s
     drops = _drops(runtime, files)
     entries = []
     for raw in files if isinstance(files, list) else []:
-        if not isinstance(raw, dict) or not isinstance(raw.get("path"), str) or not isinstance(raw.get("sha256"), str):
+        entry = _entry(raw)
+        if entry is None:
             continue
-        entry = InboxFile(relative=raw["path"], sha256=raw["sha256"].lower())
         try:
             entry.path = results.confined(settings.inbox, entry.relative)
             if _read_if_current(entry, max_bytes=settings.max_image_bytes) is None:
@@ -218,13 +227,14 @@ def _dispose(entry: InboxFile, *, disposition: str, settings: Settings, job: str
 
 def record_row(runtime: Runtime, result: dict[str, Any], *, job: str, sha256: str,
                drops: dict[tuple[str, str], str] | None = None) -> None:
-    """Append the csv row and count the status exactly once per (job, file), even across redeliveries."""
+    """Append the csv row and count the status exactly once per drop of the file, even across redeliveries."""
     record_rows(runtime, [(result, sha256)], job=job, drops=drops)
 
 
 def record_rows(runtime: Runtime, rows: list[tuple[dict[str, Any], str]], *, job: str,
                 drops: dict[tuple[str, str], str] | None = None) -> None:
-    """Append the csv rows of (result, sha256) pairs and count them, exactly once per (job, file).
+    """Append the csv rows of (result, sha256) pairs and count them, exactly once per drop of each file (per
+    job and file for files no ledger claim knows).
 
     A Redis mark per file first records the csv size ("at:<offset>"), then the rows are appended in one
     write, then the marks become "done" together with the counters. A delivery after a crash finds

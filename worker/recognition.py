@@ -12,6 +12,7 @@ import numpy as np
 
 from core import protocol
 from core.errors import Transient
+from core.weights import GLYPH_SHAPE
 from worker.batching import Batcher
 
 INFERENCE_TIMEOUT_SECONDS = 300.0
@@ -34,7 +35,7 @@ def prepare(data: bytes, settings) -> Pending:
     pages = normalise(data, max_pixels=settings.max_pixels, max_bytes=settings.max_image_bytes,
                       pdf_dpi=settings.pdf_dpi)
     glyphs = images_of(pages)
-    images = np.stack(glyphs).astype(np.float32) if glyphs else np.zeros((0, 28, 28), dtype=np.float32)
+    images = np.stack(glyphs).astype(np.float32) if glyphs else np.zeros((0, *GLYPH_SHAPE), dtype=np.float32)
     return Pending(pages=list(pages), images=images)
 
 
@@ -52,15 +53,17 @@ class Feeder:
         self.batcher = batcher
         self.batch_size = batch_size
         self.unsent: list[Pending] = []
+        self.images = 0
 
     def add(self, pending: Pending) -> None:
         self.unsent.append(pending)
-        if sum(len(item.images) for item in self.unsent) >= self.batch_size:
+        self.images += len(pending.images)
+        if self.images >= self.batch_size:
             self.flush()
 
     def flush(self) -> None:
         submit(self.batcher, self.unsent)
-        self.unsent = []
+        self.unsent, self.images = [], 0
 
 
 def start(data: bytes, batcher: Batcher, settings) -> Pending:
