@@ -23,6 +23,7 @@ LEDGER_KEY = "digits:ledger"        # hash: inbox path -> "<state>:<sha256>:<uni
 COUNTER_PREFIX = "digits:count:"    # + status: results made, for digits status and digits up
 ROW_MARK_PREFIX = "digits:row:"     # + drop (or job), sha256, source: results.csv row written once
 UNACKED_KEY = "unacked"             # Kombu's Redis transport: jobs delivered to a worker and not yet acknowledged
+UNACKED_INDEX_KEY = "unacked_index"  # ... and when each was delivered, or last seen held by a live worker
 
 # --- the result object -------------------------------------------------------------------------
 

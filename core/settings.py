@@ -65,8 +65,10 @@ class Settings:
                                 "more threads than cores only pass Python's GIL around")
     workers: int = _setting(0, "Worker processes `digits up` starts, each with the model loaded; 0: one per CPU "
                             "core, at most 4 (one Python process uses about one core)")
-    visibility_timeout: float = _setting(3600.0, "Seconds before Redis hands a job whose worker died to another "
-                                         "worker; must exceed the longest job")
+    visibility_timeout: float = _setting(30.0, "Seconds a job held by a worker that stopped sending heartbeats "
+                                         "(killed, frozen, its machine gone) waits before another worker gets it")
+    job_retries: int = _setting(10, "Times a job is retried, with backoff up to a minute, after transient trouble "
+                                "(Redis away, results folder full or read-only) before its files get error results")
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING, ERROR")
 
     def __post_init__(self) -> None:
@@ -87,8 +89,10 @@ class Settings:
             raise ConfigError(f"umask must be octal digits such as 002 or 077, not {self.umask!r}")
         if not 0.0 <= self.review_below <= 1.0:
             raise ConfigError("review_below must be between 0 and 1")
-        if self.visibility_timeout <= 0:
-            raise ConfigError("visibility_timeout must be positive")
+        if self.visibility_timeout < 3:
+            raise ConfigError("visibility_timeout must be at least 3 seconds")
+        if self.job_retries < 0:
+            raise ConfigError("job_retries must not be negative")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
 

@@ -35,7 +35,7 @@ def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(tmp_path, redis)
     first = WorkerProcess(tmp_path, broker_url=redis.url, weights=weights, name="first",
                           extra={"DIGITS_CONCURRENCY": "4"}).start()
     second = WorkerProcess(tmp_path, broker_url=redis.url, weights=weights, name="second", use_cli=True,
-                           extra={"DIGITS_VISIBILITY_TIMEOUT": "2"})
+                           extra={"DIGITS_VISIBILITY_TIMEOUT": "3"})
     try:
         first.wait_ready()
         jobs = []

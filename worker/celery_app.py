@@ -11,6 +11,7 @@ from core import brokers, protocol
 from core.errors import ConfigError, DigitsError
 from core.settings import Settings
 from worker import runtime
+from worker.heartbeat import Heartbeat
 
 SAFE_POOLS = ("threads", "solo")
 
@@ -24,9 +25,10 @@ def celery_config(settings: Settings) -> dict:
     url = settings.effective_broker_url
     visibility = settings.visibility_timeout
     transport = brokers.transport_options(
-        # A job whose worker died is handed out again once it was unacknowledged this long.
+        # Live workers refresh the jobs they hold (worker.heartbeat); a job whose worker fell silent is
+        # handed out again once it was not refreshed for this long, found by a sweep every few seconds.
         visibility_timeout=visibility,
-        unacked_restore_interval=max(1, min(60, int(visibility // 4))),
+        unacked_restore_interval=max(1, min(10, int(visibility // 6))),
         unacked_restore_throttle=1,
     )
     return protocol.json_only(
@@ -55,6 +57,11 @@ def celery_config(settings: Settings) -> dict:
 app.add_defaults(lambda: celery_config(runtime.settings()))
 
 
+def heartbeat_interval(settings: Settings) -> float:
+    """Several beats per visibility timeout, so a frozen Redis or a slow beat does not hand out a live job."""
+    return max(0.5, min(10.0, settings.visibility_timeout / 6))
+
+
 def use_settings(settings: Settings) -> Celery:
     """Run this process's worker with these settings (before the app's configuration is first read)."""
     runtime.set_settings(settings)
@@ -76,7 +83,11 @@ def load_model_before_taking_jobs(sender=None, **kwargs) -> None:
         if settings.log_level.upper() != "DEBUG":
             # Celery logs every task's return value at INFO: whole result objects, many per second.
             logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
-        runtime.start()
+        from worker import tasks  # it imports this module for `app`
+
+        current = runtime.start()
+        tasks.process_files.max_retries = tasks.recognize.max_retries = settings.job_retries
+        current.heartbeat = Heartbeat(current.redis, interval=heartbeat_interval(settings)).start()
     except DigitsError as error:
         # Celery logs and swallows exceptions from signal handlers; a worker without a model must not run.
         log.critical("worker cannot start: %s", error)

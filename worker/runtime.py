@@ -22,6 +22,7 @@ class Runtime:
     holder: ModelHolder
     batcher: Batcher
     redis: Any
+    heartbeat: Any = None  # worker.heartbeat.Heartbeat, started by the Celery worker once the model is loaded
 
     def info(self) -> dict[str, Any]:
         """What the digits_info inspect command answers."""
@@ -85,6 +86,8 @@ def stop() -> None:
     global _runtime
     with _lock:
         if _runtime is not None:
+            if _runtime.heartbeat is not None:
+                _runtime.heartbeat.stop()
             _runtime.holder.stop()
             _runtime.batcher.stop()
             _runtime = None
