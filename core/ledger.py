@@ -1,7 +1,9 @@
 """The exactly-once ledger in Redis: which inbox files (by path and content) are queued or done.
 
-One hash, field = path relative to the inbox, value = "<state>:<sha256 of the content>:<unix time>",
+One hash, field = path relative to the inbox, value = "<state>:<sha256 of the content>:<unix time>[:<job id>]",
 the time in microseconds: with the path and the content it names one drop of a file (its results.csv row).
+A claim names the job it is sent in (the id is chosen before the claim), so anyone can tell a claim
+whose job is lost (neither waiting in the queue nor held by a worker) from one whose job is coming.
 The watcher claims a file before queueing it, so a rescan, a duplicate event or a restart never
 queues it twice; the worker finishes it once the original has left the inbox (or marks it done
 when originals are kept), so the same name dropped again later is processed again.
@@ -10,7 +12,7 @@ when originals are kept), so the same name dropped again later is processed agai
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from core.protocol import LEDGER_KEY as KEY
 
@@ -24,7 +26,9 @@ if current then
   local state, sha = string.match(current, '^(%a+):(%x+):')
   if sha == ARGV[2] then return 0 end
 end
-redis.call('HSET', KEYS[1], ARGV[1], 'queued:' .. ARGV[2] .. ':' .. ARGV[3])
+local value = 'queued:' .. ARGV[2] .. ':' .. ARGV[3]
+if ARGV[4] ~= '' then value = value .. ':' .. ARGV[4] end
+redis.call('HSET', KEYS[1], ARGV[1], value)
 return 1
 """
 
@@ -40,13 +44,21 @@ return 1
 """
 
 
-def claim(client, files: Iterable[tuple[str, str]]) -> list[bool]:
-    """Claim (path, sha256) pairs in one round trip; True for each that was not already queued or done."""
+class Entry(NamedTuple):
+    state: str  # QUEUED or DONE
+    sha256: str
+    stamp: float  # unix time of the claim (or of the change to done)
+    job: str | None  # the job a queued file is sent in; None for claims that do not say
+
+
+def claim(client, files: Iterable[tuple[str, ...]]) -> list[bool]:
+    """Claim (path, sha256, job id) triples, or (path, sha256) pairs for a claim naming no job, in one round
+    trip; True for each that was not already queued or done."""
     script = client.register_script(_CLAIM)
     now = f"{time.time():.6f}"
     pipe = client.pipeline(transaction=False)
-    for path, sha256 in files:
-        script(keys=[KEY], args=[path, sha256, now], client=pipe)
+    for path, sha256, *job in files:
+        script(keys=[KEY], args=[path, sha256, now, job[0] if job else ""], client=pipe)
     return [bool(result) for result in pipe.execute()]
 
 
@@ -84,22 +96,22 @@ def _run_finish(client, files: list[tuple[str, str, str]]) -> None:
     pipe.execute()
 
 
-def _parse(value: bytes) -> tuple[str, str, float]:
-    state, sha256, stamp = value.decode().split(":")
-    return state, sha256, float(stamp)
+def _parse(value: bytes) -> Entry:
+    state, sha256, stamp, *job = value.decode().split(":", 3)
+    return Entry(state, sha256, float(stamp), job[0] if job else None)
 
 
-def entries(client) -> dict[str, tuple[str, str, float]]:
-    """path -> (state, sha256, unix time of the last change)."""
+def entries(client) -> dict[str, Entry]:
+    """path -> its entry."""
     return {path.decode(): _parse(value) for path, value in client.hgetall(KEY).items()}
 
 
 def count_queued(client) -> int:
-    return sum(1 for state, _, _ in entries(client).values() if state == QUEUED)
+    return sum(1 for entry in entries(client).values() if entry.state == QUEUED)
 
 
-def lookup(client, paths: list[str]) -> list[tuple[str, str, float] | None]:
-    """(state, sha256, unix time) or None for each path, in one round trip."""
+def lookup(client, paths: list[str]) -> list[Entry | None]:
+    """The entry, or None, for each path, in one round trip."""
     if not paths:
         return []
     return [None if value is None else _parse(value) for value in client.hmget(KEY, paths)]

@@ -57,8 +57,6 @@ class Settings:
     polling: bool = _setting(False, "Poll the inbox instead of native events (network shares)")
     poll_interval: float = _setting(1.0, "Seconds between polls when polling")
     rescan_interval: float = _setting(60.0, "Seconds between full rescans of the inbox (0: never)")
-    requeue_after: float = _setting(600.0, "Seconds after which the watcher sends again a file still in the inbox "
-                                    "whose claim it did not send itself (a watcher killed between claim and send)")
     extensions: tuple[str, ...] = _setting(DEFAULT_EXTENSIONS, "Comma-separated file extensions the watcher accepts")
     reload_interval: float = _setting(2.0, "Seconds between worker checks for a newly published weights version")
     concurrency: int = _setting(4, "Jobs one worker process handles at once (threads feeding its batcher); "
@@ -82,7 +80,7 @@ class Settings:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         for name in ("batch_wait_ms", "queue_wait_ms", "ready_delay", "poll_interval", "rescan_interval",
-                     "reload_interval", "requeue_after"):
+                     "reload_interval"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         if self.umask and not (self.umask.isdigit() and set(self.umask) <= set("01234567") and len(self.umask) <= 4):

@@ -125,7 +125,7 @@ def test_files_present_at_start_are_queued_with_relative_paths_and_content_hashe
     assert len(jobs) == 1  # ready together, so sent together
     assert {entry["path"]: entry["sha256"] for entry in queued_files(redis_client)} == {
         relative: sha256(data) for relative, data in contents.items()}
-    assert {entry: state for entry, (state, _, _) in ledger.entries(redis_client).items()} == {
+    assert {path: entry.state for path, entry in ledger.entries(redis_client).items()} == {
         relative: "queued" for relative in contents}
 
 
@@ -258,20 +258,20 @@ def test_a_queued_file_deleted_before_processing_is_queued_again_when_dropped_ag
     wait_for_paths(redis_client, ["again.png", "again.png"])
 
 
-def test_a_claim_never_sent_by_a_killed_watcher_is_sent_again_once_stale(inbox, start_watcher, redis_client):
-    (inbox / "orphan.png").write_bytes(b"claimed, then the watcher died")
-    (inbox / "recent.png").write_bytes(b"claimed a moment ago")
-    ledger.claim(redis_client, [("orphan.png", sha256(b"claimed, then the watcher died"))])
-    redis_client.hset(protocol.LEDGER_KEY, "orphan.png", f"queued:{sha256(b'claimed, then the watcher died')}:"
-                                                f"{int(time.time()) - 120}")
-    ledger.claim(redis_client, [("recent.png", sha256(b"claimed a moment ago"))])
+def test_a_claim_whose_job_never_went_out_is_sent_again(inbox, start_watcher, redis_client):
+    """A watcher killed between claim and send leaves a claim naming a job that never reached the queue:
+    the next watcher sends the file again. A fresh claim of someone else's is left alone meanwhile."""
+    orphan, recent = b"claimed, then the watcher died", b"claimed a moment ago"
+    (inbox / "orphan.png").write_bytes(orphan)
+    (inbox / "recent.png").write_bytes(recent)
+    redis_client.hset(protocol.LEDGER_KEY, "orphan.png", f"queued:{sha256(orphan)}:{time.time() - 120:.6f}:lost-job")
+    ledger.claim(redis_client, [("recent.png", sha256(recent), "a-job-on-its-way")])
 
-    watcher = start_watcher("--requeue-after", "60", "--rescan-interval", "0.5")
+    watcher = start_watcher()
 
-    wait_for_paths(redis_client, ["orphan.png"])
-    watcher.wait_for_log("rescan:", count=watcher.log().count("rescan:") + 2)
+    wait_for_paths(redis_client, ["orphan.png"], timeout=30)
+    assert "queueing orphan.png again: its job lost-job is neither waiting nor held" in watcher.log()
     assert queued_paths(redis_client) == ["orphan.png"]
-    assert "queueing orphan.png again: its claim is" in watcher.log()
 
 
 def test_files_dropped_while_redis_is_down_are_queued_once_it_is_back(tmp_path, inbox, start_watcher):

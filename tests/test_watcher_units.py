@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import PROJECT_ROOT
@@ -188,8 +190,8 @@ def test_a_lost_job_is_sent_again_and_a_waiting_one_is_not(tmp_path, redis_serve
     for relative, fingerprint in watcher.tracker.due(wait, watcher._current_fingerprint):
         watcher._hash(relative, fingerprint, now=wait)
     watcher.outbox.flush(wait, force=True)
-    assert redis_client.llen(protocol.QUEUE) == 1 and watcher.known["lost.png"].job
-    later = watcher.known["lost.png"].sent_at + service.ORPHAN_AFTER + 1
+    assert redis_client.llen(protocol.QUEUE) == 1 and ledger.lookup(redis_client, ["lost.png"])[0].job
+    later = watcher.known["lost.png"].claimed_at + service.ORPHAN_AFTER + 1
     watcher.resend_lost(later)
     assert "lost.png" not in watcher.outbox  # its job waits in the queue: nothing to do
 
@@ -198,3 +200,40 @@ def test_a_lost_job_is_sent_again_and_a_waiting_one_is_not(tmp_path, redis_serve
     assert "lost.png" in watcher.outbox  # sent again
     watcher.outbox.flush(later + 1, force=True)
     assert redis_client.llen(protocol.QUEUE) == 1
+
+
+def test_claims_left_by_a_killed_watcher_are_sent_again_only_when_their_job_is_lost(tmp_path, redis_server,
+                                                                                  redis_client):
+    """A restarted watcher finds files claimed by its predecessor: the one whose job never went out is sent
+    again once its claim is old; one whose job waits in the queue, and a fresh claim, are left alone."""
+    from core import protocol
+    from watcher import service
+    from watcher.enqueue import JobSender, ReadyFile, connect_redis
+    from watcher.service import Watcher
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    settings = Settings(inbox=inbox, results=tmp_path / "results", broker_url=redis_server.url, queue_wait_ms=0)
+    old = time.time() - 2 * service.ORPHAN_AFTER
+    for name, job in (("never sent.png", "job-that-never-went-out"), ("waiting.png", "job-in-the-queue"),
+                      ("fresh.png", "job-being-sent")):
+        (inbox / name).write_bytes(name.encode())
+        sha = hashlib.sha256(name.encode()).hexdigest()
+        stamp = time.time() if name == "fresh.png" else old
+        redis_client.hset(protocol.LEDGER_KEY, name, f"queued:{sha}:{stamp:.6f}:{job}")
+    JobSender(redis_server.url).send([ReadyFile("waiting.png", "", None, 0.0)], "job-in-the-queue")
+    watcher = Watcher(settings, inbox=inbox, client=connect_redis(redis_server.url),
+                      sender=JobSender(redis_server.url))
+    watcher.rescan(0.0)
+    now = settings.ready_delay + 0.1
+    for relative, fingerprint in watcher.tracker.due(now, watcher._current_fingerprint):
+        watcher._hash(relative, fingerprint, now=now)
+    watcher.outbox.flush(now, force=True)  # all three are claimed already: nothing is sent
+    assert redis_client.llen(protocol.QUEUE) == 1 and sorted(watcher.known) == ["fresh.png", "never sent.png",
+                                                                                 "waiting.png"]
+    later = time.monotonic()
+    watcher.resend_lost(later)
+    assert [relative for relative in ("never sent.png", "waiting.png", "fresh.png") if relative in watcher.outbox] \
+        == ["never sent.png"]
+    watcher.resend_lost(later + service.ORPHAN_AFTER + 1)
+    assert "fresh.png" in watcher.outbox  # its job never came either, so it goes out once its claim is old

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Callable
 
@@ -43,12 +44,11 @@ class JobSender:
             broker_connection_retry_on_startup=False,
             broker_transport_options=brokers.transport_options())
 
-    def send(self, files: list[ReadyFile]) -> str:
+    def send(self, files: list[ReadyFile], job_id: str) -> None:
         payload = [{"path": ready.relative, "sha256": ready.sha256} for ready in files]
         with self.app.producer_or_acquire() as producer:
-            job = self.app.send_task(protocol.TASK_PROCESS_FILES, kwargs={"files": payload},
-                                      queue=protocol.QUEUE, producer=producer)
-        return job.id
+            self.app.send_task(protocol.TASK_PROCESS_FILES, kwargs={"files": payload}, task_id=job_id,
+                               queue=protocol.QUEUE, producer=producer)
 
 
 class Outbox:
@@ -125,20 +125,25 @@ class Outbox:
         due = self._due_now(now, force=force)
         for start in range(0, len(due), CLAIM_CHUNK):
             chunk = due[start:start + CLAIM_CHUNK]
+            # Each claim names its job, so a job lost on the way is told from one still coming.
+            jobs = {str(uuid.uuid4()): chunk[first:first + self.queue_batch]
+                    for first in range(0, len(chunk), self.queue_batch)}
             self._claimed_unsent.update((ready.relative, ready.sha256) for ready in chunk)
-            claimed = ledger.claim(self.client, [(ready.relative, ready.sha256) for ready in chunk])
-            to_send = []
-            for ready, is_new in zip(chunk, claimed):
-                if is_new:
-                    to_send.append(ready)
+            claimed = iter(ledger.claim(self.client, [(ready.relative, ready.sha256, job_id)
+                                                      for job_id, files in jobs.items() for ready in files]))
+            for job_id, files in jobs.items():
+                job = []
+                for ready in files:
+                    if next(claimed):
+                        job.append(ready)
+                        continue
+                    del self._claimed_unsent[ready.relative]
+                    del self._waiting[ready.relative]
+                    log.debug("%s is already queued or done with this content; not queued again", ready.relative)
+                    self.on_settled(ready, None)
+                if not job:
                     continue
-                del self._claimed_unsent[ready.relative]
-                del self._waiting[ready.relative]
-                log.debug("%s is already queued or done with this content; not queued again", ready.relative)
-                self.on_settled(ready, None)
-            for start in range(0, len(to_send), self.queue_batch):
-                job = to_send[start:start + self.queue_batch]
-                job_id = self.sender.send(job)
+                self.sender.send(job, job_id)
                 for ready in job:
                     del self._claimed_unsent[ready.relative]
                     self._waiting.pop(ready.relative, None)

@@ -10,7 +10,7 @@ import threading
 from core.settings import Settings, add_flags
 
 FLAGS = ("broker_url", "inbox", "results", "processed", "failed", "on_success", "on_error", "ready_delay",
-         "polling", "poll_interval", "rescan_interval", "requeue_after", "extensions", "queue_batch",
+         "polling", "poll_interval", "rescan_interval", "extensions", "queue_batch",
          "queue_wait_ms", "log_level")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -44,9 +44,7 @@ class KnownFile:
 
     fingerprint: Fingerprint
     sha256: str
-    sent_here: bool
-    job: str | None = None  # the job this watcher sent it in
-    sent_at: float = 0.0  # when (monotonic)
+    claimed_at: float = 0.0  # monotonic; 0: claimed by someone else, when is to be looked up
 
 
 class Watcher:
@@ -279,78 +277,81 @@ class Watcher:
         self.outbox.add(ReadyFile(relative, sha256, after, now))
 
     def _settled(self, ready: ReadyFile, job: str | None) -> None:
+        """A file claimed and sent in `job` now, or found claimed already (job None: its claim is looked up)."""
         previous = self.known.get(ready.relative)
         if job is None and previous is not None and previous.sha256 == ready.sha256:
-            self.known[ready.relative] = KnownFile(ready.fingerprint, ready.sha256, previous.sent_here, previous.job,
-                                                   previous.sent_at)
+            self.known[ready.relative] = KnownFile(ready.fingerprint, ready.sha256, previous.claimed_at)
             return
-        self.known[ready.relative] = KnownFile(ready.fingerprint, ready.sha256, job is not None, job, time.monotonic())
+        self.known[ready.relative] = KnownFile(ready.fingerprint, ready.sha256, time.monotonic() if job else 0.0)
 
     def resend_lost(self, now: float) -> None:
-        """Send again files whose job is lost: sent here over ORPHAN_AFTER ago, still claimed and in the inbox,
-        yet neither waiting in the queue nor held by a worker (a worker killed in the instant it popped the
-        job, or a retry that could not be published). A duplicate is harmless; a lost job would strand them."""
+        """Send again files whose job is lost: claimed over ORPHAN_AFTER ago, still claimed and in the inbox,
+        yet the job their claim names is neither waiting in the queue nor held by a worker (a watcher
+        killed between claim and send, a worker killed in the instant it popped the job, a retry that
+        could not be published). A live worker's heartbeat keeps its jobs held, and a dead one's go back to
+        the queue after the visibility timeout, so neither is sent twice. A duplicate would be harmless;
+        a lost job would strand its files."""
         candidates = [(relative, known) for relative, known in self.known.items()
-                      if known.job is not None and now - known.sent_at > ORPHAN_AFTER]
+                      if now - known.claimed_at > ORPHAN_AFTER]
         if not candidates or not self.health.may_try(now):
             return
+        wall = time.time()
         try:
-            claims = ledger.lookup(self.client, [relative for relative, _ in candidates])
-            waiting = [(relative, known) for (relative, known), claim in zip(candidates, claims)
-                       if claim is not None and claim[0] == ledger.QUEUED and claim[1] == known.sha256]
+            waiting = []
+            for start in range(0, len(candidates), LOOKUP_CHUNK):
+                chunk = candidates[start:start + LOOKUP_CHUNK]
+                for (relative, known), entry in zip(chunk, ledger.lookup(self.client, [r for r, _ in chunk])):
+                    if entry is None or entry.sha256 != known.sha256 or entry.state != ledger.QUEUED:
+                        known.claimed_at = float("inf")  # done and kept, or the rescan's business: not a job
+                    elif not known.claimed_at and wall - entry.stamp <= ORPHAN_AFTER:
+                        known.claimed_at = now - (wall - entry.stamp)  # claimed by someone else lately
+                    else:
+                        waiting.append((relative, known, entry.job or ""))
             if not waiting:
                 return
             live = live_jobs(self.client)
-            lost = [(relative, known) for relative, known in waiting if known.job not in live
+            lost = [(relative, known, job) for relative, known, job in waiting if job not in live
                     and self._current_fingerprint(relative) == known.fingerprint]
             if lost:
-                ledger.release(self.client, [(relative, known.sha256) for relative, known in lost])
+                ledger.release(self.client, [(relative, known.sha256) for relative, known, _ in lost])
         except TRANSIENT_ERRORS as error:
             self.health.failed(error, now=now, waiting=len(self.outbox))
             return
-        for relative, known in lost:
+        for relative, known, job in lost:
             log.warning("queueing %s again: its job %s is neither waiting nor held by a worker (lost)", relative,
-                        known.job)
+                        job or "(unnamed)")
             del self.known[relative]
             self.outbox.add(ReadyFile(relative, known.sha256, known.fingerprint, now))
 
     def _reconcile(self, relatives: list[str], *, now: float) -> None:
-        """Send again claimed files still in the inbox whose ledger entry was lost, or whose claim went stale.
-
-        Lost: Redis came back without its data. Stale: queued by someone else (a watcher killed between
-        claim and send) longer than requeue_after ago. A file sent twice is harmless (the worker skips a
-        job whose file is gone or changed); a file never sent would wait forever.
-        """
+        """Send again claimed files still in the inbox whose ledger entry was lost (Redis came back without
+        its data, and the queue went with it). Claims whose job was lost are resend_lost's business. A file
+        sent twice is harmless (the worker skips a job whose file is gone or changed); a file never sent
+        would wait forever."""
         if not relatives:
             return
         if not self.health.may_try(now):
             return  # the rescan that follows the outage's end does it
-        stale_before = time.time() - self.settings.requeue_after
         try:
-            again: list[tuple[KnownFile, str, str]] = []
+            lost: list[tuple[KnownFile, str]] = []
             for start in range(0, len(relatives), LOOKUP_CHUNK):
                 chunk = relatives[start:start + LOOKUP_CHUNK]
                 for relative, entry in zip(chunk, ledger.lookup(self.client, chunk)):
                     known = self.known[relative]
-                    if entry is None or entry[1] != known.sha256:
-                        again.append((known, relative, "the ledger has no record of it (Redis lost its data?)"))
-                    elif entry[0] == ledger.QUEUED and not known.sent_here and entry[2] < stale_before:
-                        again.append((known, relative, f"its claim is {time.time() - entry[2]:.0f}s old and was "
-                                                       "not sent by this watcher (one stopped between claim "
-                                                       "and send?)"))
-            stale = [(relative, known.sha256) for known, relative, _ in again]
-            if stale:
-                ledger.release(self.client, stale)
+                    if entry is None or entry.sha256 != known.sha256:
+                        lost.append((known, relative))
+            if lost:
+                ledger.release(self.client, [(relative, known.sha256) for known, relative in lost])
         except TRANSIENT_ERRORS as error:
             self.health.failed(error, now=now, waiting=len(self.outbox))
             return
         self.health.succeeded(now=now)
-        for known, relative, reason in again:
+        for known, relative in lost:
             # Looked at after the ledger: a worker moves a file out before it forgets it, so a file that a
             # worker has just finished is seen gone here rather than queued again.
             if self._current_fingerprint(relative) != known.fingerprint:
                 continue
-            log.warning("queueing %s again: %s", relative, reason)
+            log.warning("queueing %s again: the ledger has no record of it (Redis lost its data?)", relative)
             del self.known[relative]
             self.outbox.add(ReadyFile(relative, known.sha256, known.fingerprint, now))
 
