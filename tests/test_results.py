@@ -2,6 +2,9 @@
 
 import json
 import os
+import subprocess
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -98,6 +101,35 @@ def test_csv_rows_are_appended_and_found_after_an_offset(tmp_path):
     assert not results.has_row(path, offset=0, job="job-2", source='a "quoted", name.png')
     rows = csv_rows(path)
     assert len(rows) == 1 and rows[0]["source"] == 'a "quoted", name.png' and rows[0]["status"] == "error"
+
+
+def test_rows_wait_while_another_host_holds_the_csv_lock(tmp_path):
+    """Workers on several hosts share results.csv over NFS or SMB by a POSIX lock: while another process
+    holds it, an append waits, and once it is released the rows land whole, after the other's."""
+    path = tmp_path / "results.csv"
+    results.ensure_csv(path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys\n"
+         f"fd = os.open({str(path)!r}, os.O_WRONLY | os.O_APPEND)\n"
+         "fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.readline()\n"
+         "os.write(fd, b'the other host row\\n')\nos.fsync(fd)\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = protocol.result("mine.png", error="x", model="v1", sha256="aa", worker="w", job="j")
+        appending = threading.Thread(target=results.append_rows, args=(path, [result]))
+        appending.start()
+        appending.join(timeout=1.0)
+        assert appending.is_alive(), "the append did not wait for the lock"
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        appending.join(timeout=10)
+        assert not appending.is_alive()
+    finally:
+        holder.kill()
+        holder.wait()
+    lines = path.read_text().splitlines()
+    assert lines[1] == "the other host row" and lines[2].split(",")[1] == "mine.png" and len(lines) == 3
 
 
 def test_move_aside_never_overwrites(tmp_path):

@@ -6,6 +6,7 @@ import contextlib
 import csv
 import ctypes
 import errno
+import fcntl
 import functools
 import io
 import itertools
@@ -188,11 +189,19 @@ def csv_size(path: Path) -> int:
 
 
 def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Append rows with one O_APPEND write and one fsync, so rows of concurrent writers never interleave."""
+    """Append rows in one write under an exclusive lock on the file, made durable before the lock goes.
+
+    On a local disk one O_APPEND write never interleaves with another; on NFS, O_APPEND is not atomic
+    (each client writes at the end it believes in), so workers on several hosts sharing the results
+    folder take a POSIX lock (fcntl, which NFSv3's lockd, NFSv4 and SMB3 with POSIX extensions honour):
+    taking it makes the NFS client look up the true end of the file, and the fsync before unlocking puts
+    the rows on the server before the next host writes.
+    """
     ensure_csv(path)
     lines = b"".join(csv_row(result) for result in rows)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)  # released when the file is closed
         _write_all(fd, lines)
         os.fsync(fd)
     finally:

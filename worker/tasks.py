@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import logging
 import socket
 import uuid
@@ -20,6 +21,11 @@ from worker.celery_app import app
 log = logging.getLogger(__name__)
 
 TRANSIENT = (Transient, OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# The results (or processed/failed) folder cannot take writes: full, read-only, permissions. Its files are
+# fine, so they must not become dead letters: the job waits, retried every half minute at most, for as
+# long as the folder stays unavailable.
+STORAGE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
+STORAGE_RETRY_MAX = 30
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 1, "retry_backoff_max": 60, "retry_jitter": True,
          "max_retries": 10}
 
@@ -78,12 +84,18 @@ def process_files(self, files: list[dict[str, str]]) -> list[dict[str, Any]]:
 
     Transient trouble is retried with backoff; when the retries run out, or on an unexpected error, the
     job's files get error results and go to failed/ (dead letters) rather than wait in the inbox for ever.
+    A folder that cannot take writes (full, read-only) is not the files' fault: the job waits for it.
     """
     job = self.request.id or str(uuid.uuid4())
     current = runtime.get()
     try:
         return inbox_files.process(files, runtime=current, job=job, worker=_worker_name(self))
     except TRANSIENT as error:
+        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+            delay = min(STORAGE_RETRY_MAX, 2 ** min(self.request.retries, 5))
+            log.warning("job %s waits: cannot write %s (%s); its file(s) stay in the inbox, tried again in %d s",
+                        job, error.filename or "the results", error.strerror, delay)
+            raise self.retry(exc=error, countdown=delay, max_retries=None) from None
         if self.request.retries < self.max_retries:
             raise  # retried with backoff (autoretry_for)
         cause = f"still failing after {self.max_retries} retries: {type(error).__name__}: {error}"
