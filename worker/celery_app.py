@@ -70,6 +70,27 @@ def use_settings(settings: Settings) -> Celery:
     return app
 
 
+def survive_a_dropped_broker_connection() -> None:
+    """Kombu's Redis channel, closed after Redis went away, reaches for the released connection's address
+    to put back its jobs and raises AttributeError, which kills the worker (celery#10205). Raise what it
+    means instead, a connection error, which Celery's reconnect logic ignores while it reconnects. The
+    jobs stay unacknowledged in Redis and come back by the visibility timeout, as for any lost connection."""
+    import redis
+    from kombu.transport import redis as transport
+
+    if getattr(transport.Channel._connparams, "digits_guarded", False):
+        return
+    original = transport.Channel._connparams
+
+    def _connparams(self, asynchronous=False):
+        if self.connection.client is None:
+            raise redis.exceptions.ConnectionError("the broker connection was closed")
+        return original(self, asynchronous=asynchronous)
+
+    _connparams.digits_guarded = True
+    transport.Channel._connparams = _connparams
+
+
 @signals.worker_init.connect
 def load_model_before_taking_jobs(sender=None, **kwargs) -> None:
     """Load and warm the model in the process that runs inference, before the consumer starts."""
@@ -78,6 +99,7 @@ def load_model_before_taking_jobs(sender=None, **kwargs) -> None:
         if pool not in [concurrency.get_implementation(name) for name in SAFE_POOLS]:
             # prefork would load TensorFlow in the parent and fork it, which TensorFlow does not survive.
             raise ConfigError(f"the digits worker needs --pool threads or solo, not {pool.__module__}")
+        survive_a_dropped_broker_connection()
         settings = runtime.settings()
         settings.log_once("worker")
         if settings.log_level.upper() != "DEBUG":
