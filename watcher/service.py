@@ -34,8 +34,8 @@ HASHES_PER_STEP = 256  # then send and look at events again: a burst neither del
 LOOKUP_CHUNK = 1000
 
 
-ORPHAN_AFTER = 30.0  # seconds after sending before a job that is neither waiting nor held counts as lost
-ORPHAN_CHECK = 10.0  # seconds between looks for lost jobs
+ORPHAN_AFTER = 15.0  # seconds after its claim before a job that is neither waiting nor held counts as lost
+ORPHAN_CHECK = 5.0  # seconds between looks for lost jobs
 
 
 @dataclass(slots=True)
