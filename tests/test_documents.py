@@ -13,7 +13,7 @@ from PIL import Image
 from core.errors import ImageTooLarge, NotAnImage, UnsupportedImage
 from worker.normalise import normalise
 
-PAGES = 200  # per kind here; `python -m bench.accuracy` measures 500 (docs/scans.md)
+PAGES = 100  # per kind here; `python -m bench.accuracy` measures 500 (docs/scans.md)
 
 
 def minimal_pdf(*, media_box: str = "0 0 200 200", pages: int = 1, encrypt: bool = False) -> bytes:
