@@ -55,9 +55,16 @@ def import_tensorflow():
     return tensorflow
 
 
-def configure(device: str = "auto") -> str:
-    """Apply the device setting before any TensorFlow op runs; returns a description such as 'GPU:0 (NVIDIA H100)'."""
+def configure(device: str = "auto", *, threads: int | None = None) -> str:
+    """Apply the device setting before any TensorFlow op runs; returns a description such as 'GPU:0 (NVIDIA H100)'.
+
+    threads: how many threads one model call may use (intra-op), one op at a time (inter-op); None leaves
+    TensorFlow's default, a thread per core in each process, which several worker processes fight over.
+    """
     tf = import_tensorflow()
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
 
     gpus = tf.config.list_physical_devices("GPU")
     if device == "cpu" or not gpus:

@@ -25,6 +25,14 @@ def _setting(default: Any, help: str, env: bool = True) -> Any:
     return field(default=default, metadata={"help": help, "env": env})
 
 
+def cpu_cores() -> int:
+    """Cores this process may run on (a container's CPU set or taskset), not all the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of every service; each service reads the ones it needs."""
@@ -63,6 +71,8 @@ class Settings:
                                 "more threads than cores only pass Python's GIL around")
     workers: int = _setting(0, "Worker processes `digits up` starts, each with the model loaded; 0: one per CPU "
                             "core, at most 4 (one Python process uses about one core)")
+    tf_threads: int = _setting(0, "Threads TensorFlow gives one model call in each worker process; 0: the cores "
+                               "this process may use divided among the worker processes (DIGITS_WORKERS)")
     visibility_timeout: float = _setting(30.0, "Seconds a job held by a worker that stopped sending heartbeats "
                                          "(killed, frozen, its machine gone) waits before another worker gets it")
     job_retries: int = _setting(10, "Times a job is retried, with backoff up to a minute, after transient trouble "
@@ -89,6 +99,8 @@ class Settings:
             raise ConfigError("review_below must be between 0 and 1")
         if self.visibility_timeout < 3:
             raise ConfigError("visibility_timeout must be at least 3 seconds")
+        if self.tf_threads < 0:
+            raise ConfigError("tf_threads must not be negative")
         if self.job_retries < 0:
             raise ConfigError("job_retries must not be negative")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -96,7 +108,12 @@ class Settings:
 
     @property
     def worker_processes(self) -> int:
-        return self.workers or max(1, min(os.cpu_count() or 1, 4))
+        return self.workers or max(1, min(cpu_cores(), 4))
+
+    @property
+    def model_threads(self) -> int:
+        """TensorFlow's threads per worker process: the cores shared out, so processes do not fight over them."""
+        return self.tf_threads or max(1, cpu_cores() // self.worker_processes)
 
     @property
     def effective_broker_url(self) -> str:

@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS_FLAGS = ("broker_url", "inbox", "results", "processed", "failed", "on_success", "on_error", "weights",
                   "device", "max_image_bytes", "max_pixels", "batch_size", "batch_wait_ms", "reload_interval",
-                  "concurrency", "visibility_timeout", "job_retries", "review_below", "pdf_dpi", "umask", "log_level")
+                  "concurrency", "tf_threads", "visibility_timeout", "job_retries", "review_below", "pdf_dpi", "umask", "log_level")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -59,7 +59,7 @@ def start() -> Runtime:
         current = settings()
         if current.umask:
             os.umask(int(current.umask, 8))  # results files and moved originals follow it
-        device = configure(current.device)
+        device = configure(current.device, threads=current.model_threads)
         holder = ModelHolder(current.weights, reload_interval=current.reload_interval)
         predictor = holder.load_initial()
         batcher = Batcher(lambda: holder.current, batch_size=current.batch_size,
@@ -68,8 +68,10 @@ def start() -> Runtime:
         holder.start_polling()
         client = redis_client(current.effective_broker_url)
         _runtime = Runtime(settings=current, device=device, holder=holder, batcher=batcher, redis=client)
-        log.info("worker ready on %s with weights version %s from %s (batch_size %d, batch_wait_ms %s)",
-                 device, predictor.version, current.weights, current.batch_size, current.batch_wait_ms)
+        log.info("worker ready on %s with weights version %s from %s (batch_size %d, batch_wait_ms %s, "
+                 "%d TensorFlow thread(s) per model call, %d job thread(s))", device, predictor.version,
+                 current.weights, current.batch_size, current.batch_wait_ms, current.model_threads,
+                 current.concurrency)
         return _runtime
 
 
