@@ -92,7 +92,9 @@ def write_json_files(files: list[tuple[Path, dict[str, Any]]]) -> None:
             fd, temporary = _create_temporary(path.parent)
             open_files.append((fd, temporary))
             renames.append((temporary, path))
-            _write_all(fd, (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+            # One line, without indentation: the C encoder, four times cheaper than pretty-printing, which
+            # is a `python -m json.tool` or `jq .` away.
+            _write_all(fd, (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8"))
         for fd, _ in open_files:
             os.fsync(fd)
         while open_files:
