@@ -1,0 +1,40 @@
+"""Threads and processes sized to the machine: the cores shared out among worker processes, never fought over."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import PROJECT_ROOT
+
+from core import settings as settings_module
+from core.settings import Settings
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("cores, workers, processes, tf_threads", [
+    (2, 0, 2, 1),    # this VM: two worker processes, one TensorFlow thread each
+    (16, 0, 4, 4),   # a 16-core GPU box: four processes (the default cap), four threads each
+    (16, 2, 2, 8),   # two processes asked for: they share the 16 cores
+    (1, 0, 1, 1),
+    (3, 2, 2, 1),    # never more threads than cores in all
+])
+def test_tensorflow_threads_share_the_cores_among_worker_processes(monkeypatch, cores, workers, processes,
+                                                                    tf_threads):
+    monkeypatch.setattr(settings_module, "cpu_cores", lambda: cores)
+    chosen = Settings(workers=workers)
+    assert (chosen.worker_processes, chosen.model_threads) == (processes, tf_threads)
+    assert chosen.worker_processes * chosen.model_threads <= max(cores, processes)
+    assert Settings(workers=workers, tf_threads=3).model_threads == 3  # DIGITS_TF_THREADS wins
+
+
+def test_the_worker_runtime_gives_tensorflow_that_many_threads():
+    script = ("from core.device import configure, import_tensorflow\n"
+              "configure('cpu', threads=1)\n"
+              "tf = import_tensorflow()\n"
+              "print(tf.config.threading.get_intra_op_parallelism_threads(),"
+              " tf.config.threading.get_inter_op_parallelism_threads())\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=120, env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0 and done.stdout.split() == ["1", "1"], done.stderr
