@@ -82,6 +82,21 @@ def test_a_file_resent_by_another_job_while_it_waits_gets_one_row_and_a_new_drop
     assert len(rows(tmp_path)) == 2
 
 
+def test_another_job_finding_the_row_of_a_job_that_died_before_done_adds_none(tmp_path, redis_client):
+    """Job 1 appended the drop's row and died before marking it done; the watcher sent the file again in
+    job 2. The mark names job 1, so job 2 finds that row and writes none."""
+    runtime = runtime_for(tmp_path, redis_client)
+    ledger.claim(redis_client, [("scan.png", SHA)])
+    drops = process_files._drops(runtime, [{"path": "scan.png", "sha256": SHA}])
+    key = process_files._row_mark("scan.png", SHA, drop=drops[("scan.png", SHA)], job="job-1")
+    csv_path = tmp_path / "results" / results.CSV_NAME
+    redis_client.set(key, f"at:{results.csv_size(csv_path)}:job-1")
+    results.append_rows(csv_path, [result_for()])  # job 1's row; then job 1 died
+    process_files.record_row(runtime, result_for() | {"job": "job-2"}, job="job-2", sha256=SHA, drops=drops)
+    assert [row["job"] for row in rows(tmp_path)] == ["job-1"]
+    assert redis_client.get(key) == b"done" and int(redis_client.get(protocol.counter_key("error"))) == 1
+
+
 def test_a_job_that_fails_for_good_gives_its_files_error_results_and_moves_them_to_failed(tmp_path, redis_client):
     settings = Settings(inbox=tmp_path / "inbox", results=tmp_path / "results", failed=tmp_path / "failed")
     runtime = SimpleNamespace(settings=settings, redis=redis_client)

@@ -236,10 +236,11 @@ def record_rows(runtime: Runtime, rows: list[tuple[dict[str, Any], str]], *, job
     """Append the csv rows of (result, sha256) pairs and count them, exactly once per drop of each file (per
     job and file for files no ledger claim knows).
 
-    A Redis mark per file first records the csv size ("at:<offset>"), then the rows are appended in one
-    write, then the marks become "done" together with the counters. A delivery after a crash finds
-    "at:" and looks for its row after that offset, so a crash at any point leaves one row per file,
-    never none and never two. Three round trips for the whole job.
+    A Redis mark per file first records the csv size and the job ("at:<offset>:<job>"), then the rows are
+    appended in one write, then the marks become "done" together with the counters. A delivery after a
+    crash, or another job carrying the same drop, finds "at:" and looks for that job's row after that
+    offset, so a crash at any point leaves one row per file, never none and never two. Three round trips
+    for the whole job.
     """
     client = runtime.redis
     csv_path = runtime.settings.results / results.CSV_NAME
@@ -252,8 +253,7 @@ def record_rows(runtime: Runtime, rows: list[tuple[dict[str, Any], str]], *, job
     for (key, result), mark in zip(keyed.items(), marks):
         if mark == DONE:
             continue
-        if mark and mark.startswith(b"at:") and results.has_row(csv_path, offset=int(mark[3:]), job=job,
-                                                                  source=result["source"]):
+        if mark and mark.startswith(b"at:") and _row_after_mark(csv_path, mark, job=job, source=result["source"]):
             found[key] = result
         else:
             appended[key] = result
@@ -261,11 +261,18 @@ def record_rows(runtime: Runtime, rows: list[tuple[dict[str, Any], str]], *, job
         offset = results.csv_size(csv_path)
         pipe = client.pipeline(transaction=False)
         for key in appended:
-            pipe.set(key, f"at:{offset}", ex=ttl)
+            pipe.set(key, f"at:{offset}:{job}", ex=ttl)
         pipe.execute()
         results.append_rows(csv_path, list(appended.values()))
     if appended or found:
         _mark_done(client, {**found, **appended}, ttl=ttl)
+
+
+def _row_after_mark(csv_path, mark: bytes, *, job: str, source: str) -> bool:
+    """Whether the row a mark "at:<offset>[:<job>]" announced is in results.csv: written after that offset by
+    the job that set the mark (another job carrying the same drop, or an earlier delivery of this one)."""
+    offset, _, marking_job = mark[3:].decode().partition(":")
+    return results.has_row(csv_path, offset=int(offset), job=marking_job or job, source=source)
 
 
 def _mark_done(client, keyed: dict[str, dict[str, Any]], *, ttl: int) -> None:
