@@ -319,7 +319,8 @@ def run(site: Site, name: str, *, files: int = 300, pool: list[tuple[str, bytes,
     time.sleep(FAULT_AT)
     fault_end = drill.fault(site, names)
     dropping.join()
-    fault_end = max(fault_end, time.time()) if drill.fault is _nothing else fault_end
+    if drill.fault is _nothing:
+        fault_end = time.time()  # a fault planted in the files ends with the last drop
     deadline = time.monotonic() + 2 * BOUND + max(0.0, fault_end - time.time())
     while time.monotonic() < deadline and not site.finished(names):
         time.sleep(0.2)

@@ -298,15 +298,13 @@ class Watcher:
         wall = time.time()
         try:
             waiting = []
-            for start in range(0, len(candidates), LOOKUP_CHUNK):
-                chunk = candidates[start:start + LOOKUP_CHUNK]
-                for (relative, known), entry in zip(chunk, ledger.lookup(self.client, [r for r, _ in chunk])):
-                    if entry is None or entry.sha256 != known.sha256 or entry.state != ledger.QUEUED:
-                        known.claimed_at = float("inf")  # done and kept, or the rescan's business: not a job
-                    elif not known.claimed_at and wall - entry.stamp <= ORPHAN_AFTER:
-                        known.claimed_at = now - (wall - entry.stamp)  # claimed by someone else lately
-                    else:
-                        waiting.append((relative, known, entry.job or ""))
+            for (relative, known), entry in zip(candidates, self._claims([r for r, _ in candidates])):
+                if entry is None or entry.sha256 != known.sha256 or entry.state != ledger.QUEUED:
+                    known.claimed_at = float("inf")  # done and kept, or the rescan's business: not a job
+                elif not known.claimed_at and wall - entry.stamp <= ORPHAN_AFTER:
+                    known.claimed_at = now - (wall - entry.stamp)  # claimed by someone else lately
+                else:
+                    waiting.append((relative, known, entry.job or ""))
             if not waiting:
                 return
             live = live_jobs(self.client)
@@ -334,12 +332,10 @@ class Watcher:
             return  # the rescan that follows the outage's end does it
         try:
             lost: list[tuple[KnownFile, str]] = []
-            for start in range(0, len(relatives), LOOKUP_CHUNK):
-                chunk = relatives[start:start + LOOKUP_CHUNK]
-                for relative, entry in zip(chunk, ledger.lookup(self.client, chunk)):
-                    known = self.known[relative]
-                    if entry is None or entry.sha256 != known.sha256:
-                        lost.append((known, relative))
+            for relative, entry in zip(relatives, self._claims(relatives)):
+                known = self.known[relative]
+                if entry is None or entry.sha256 != known.sha256:
+                    lost.append((known, relative))
             if lost:
                 ledger.release(self.client, [(relative, known.sha256) for known, relative in lost])
         except TRANSIENT_ERRORS as error:
@@ -354,6 +350,11 @@ class Watcher:
             log.warning("queueing %s again: the ledger has no record of it (Redis lost its data?)", relative)
             del self.known[relative]
             self.outbox.add(ReadyFile(relative, known.sha256, known.fingerprint, now))
+
+    def _claims(self, relatives: list[str]) -> list[ledger.Entry | None]:
+        """The ledger entries of these paths, one HMGET per LOOKUP_CHUNK of them."""
+        return [entry for start in range(0, len(relatives), LOOKUP_CHUNK)
+                for entry in ledger.lookup(self.client, relatives[start:start + LOOKUP_CHUNK])]
 
     def _probe(self, now: float) -> None:
         try:
