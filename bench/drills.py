@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import csv
 import json
 import os
@@ -260,12 +261,15 @@ def _nothing(site: Site, names: list[str]) -> float:
 
 def _results_read_only(site: Site, names: list[str]) -> float:
     results = site.folders["results"]
-    modes = {path: path.stat().st_mode & 0o777 for path in [results, *results.rglob("*")]}
-    for path, mode in modes.items():
-        os.chmod(path, mode & 0o555)
+    modes = {}
+    for path in [results, *results.rglob("*")]:
+        with contextlib.suppress(FileNotFoundError):  # a worker's temporary file renamed meanwhile
+            modes[path] = path.stat().st_mode & 0o777
+            os.chmod(path, modes[path] & 0o555)
     time.sleep(10.0)
     for path, mode in modes.items():
-        os.chmod(path, mode)
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path, mode)
     return time.time()
 
 
