@@ -51,21 +51,24 @@ def pages(kind: str, count: int, *, seed: int = 0) -> list[Scan]:
 
 def _form(random, number):
     """A printed title, a printed label ("Amount:") and a box drawn around the handwritten number."""
-    width, height = int(random.integers(700, 1000)), int(random.integers(500, 750))
-    canvas = _Canvas(width, height, random)
     font = _font(random)
-    canvas.text(f"{_word(random)} {_word(random).lower()} form No. {int(random.integers(1, 999))}",
-                (int(width * 0.08), int(height * 0.08)), int(random.integers(26, 40)), font)
     digits, label, sources = number()
     ink, digit_height = _handwriting(digits, random, height=int(random.integers(70, 110)))
-    top = int(height * random.uniform(0.35, 0.55))
     label_size = int(digit_height * random.uniform(0.4, 0.6))
     words = f"{_word(random)}:"
-    label_width = canvas.text(words, (int(width * 0.08), top + digit_height // 3), label_size, font)
-    box_left = int(width * 0.08) + label_width + int(random.integers(20, 50))
-    margin = int(digit_height * random.uniform(0.2, 0.4))
-    box = (box_left, top - margin, box_left + ink.shape[1] + 2 * margin + int(random.integers(0, 120)),
-           top + ink.shape[0] + margin)
+    label_width = int(ImageFont.truetype(str(font), label_size).getlength(words))
+    gap, margin = int(random.integers(20, 50)), int(digit_height * random.uniform(0.2, 0.4))
+    slack = int(random.integers(0, 120))
+    # The page is wide enough for its label and box: the whole number is on it.
+    needed = int((label_width + gap + ink.shape[1] + 2 * margin + slack + 60) / 0.92)
+    width, height = max(needed, int(random.integers(700, 1000))), int(random.integers(500, 750))
+    canvas = _Canvas(width, height, random)
+    canvas.text(f"{_word(random)} {_word(random).lower()} form No. {int(random.integers(1, 999))}",
+                (int(width * 0.08), int(height * 0.08)), int(random.integers(26, 40)), font)
+    top = int(height * random.uniform(0.35, 0.55))
+    canvas.text(words, (int(width * 0.08), top + digit_height // 3), label_size, font)
+    box_left = int(width * 0.08) + label_width + gap
+    box = (box_left, top - margin, box_left + ink.shape[1] + 2 * margin + slack, top + ink.shape[0] + margin)
     canvas.rectangle(box, width=int(random.integers(2, 4)))
     canvas.write(ink, (box[0] + margin + int(random.integers(0, 30)), top))
     if random.random() < 0.5:

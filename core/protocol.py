@@ -36,6 +36,7 @@ STATUSES = (OK, NO_DIGIT, ERROR)
 TOP_ALTERNATIVES = 3
 DIGIT_CLASSES = 10  # a model's first ten outputs are the digits; an eleventh says "not a digit"
 DOUBTFUL_REJECTION = 0.3  # a glyph left out as "not a digit" with a digit this likely flags its number
+TALL_REJECTION = 0.75  # ... and so is one left out that is this share of the number's tallest digit or more
 RESULT_FIELDS = ("source", "status", "digits", "confidence", "review", "error", "model", "sha256", "pages", "details",
                  "processed_at", "worker", "job")
 
@@ -89,11 +90,17 @@ def digit_details(probabilities, boxes: Sequence[Sequence[int]], *, page: int) -
 def number_result(details: list[dict[str, Any]], *, review_below: float) -> dict[str, Any] | None:
     """A number from its glyphs' details: glyphs more likely "not a digit" than any digit leave it (None when
     none is left). Flagged for review when its confidence (the lowest digit's) is below review_below, or when
-    a glyph left out was nearly a digit."""
+    a glyph left out was nearly a digit, stood between its digits or was nearly as tall as they are."""
     kept = [detail for detail in details if detail["confidence"] >= detail["not_a_digit"]]
     if not kept:
         return None
-    doubtful = any(detail["confidence"] >= DOUBTFUL_REJECTION for detail in details if detail not in kept)
+    first, last = details.index(kept[0]), details.index(kept[-1])
+    tallest = max(detail["box"][3] - detail["box"][1] for detail in kept)
+    # A glyph left out that was nearly a digit, any left out from between the number's digits, and any as
+    # tall as its digits (touching digits the model could not take apart).
+    doubtful = any(detail["confidence"] >= DOUBTFUL_REJECTION or first < index < last
+                   or detail["box"][3] - detail["box"][1] >= TALL_REJECTION * tallest
+                   for index, detail in enumerate(details) if detail not in kept)
     confidence = min(detail["confidence"] for detail in kept)
     left, top = min(d["box"][0] for d in kept), min(d["box"][1] for d in kept)
     right, bottom = max(d["box"][2] for d in kept), max(d["box"][3] for d in kept)

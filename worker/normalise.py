@@ -64,6 +64,7 @@ JOIN_GAP = 0.4  # ... when it lies within this share of the typical digit height
 OVERLAP = 0.3  # components overlapping horizontally by this share of the narrower are one digit
 LINE_RUN = 2.5  # ink running straight for this many typical digit heights is a ruled line or a box side
 SIDE_RUN = 0.9  # ... and so is a vertical run this long that joins a line at both of its ends
+MIN_FILL = 0.08  # a character's ink fills at least this share of its box (a frame's far less)
 STACKED = 0.25  # marks overlapping horizontally this close vertically (share of the taller) are one glyph
 SAME_LINE = 0.5  # marks overlapping vertically by this share of the shorter are on one text line
 NUMBER_GAP = 1.5  # a gap wider than this share of the line's digit height ends a number
@@ -604,11 +605,13 @@ def _typical_height(labels: np.ndarray, count: int, *, min_height: float, fallba
     if count == 0:
         return max(min_height, fallback)
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    heights = []
+    marks = []  # (height, area); a frame or a margin joined to a ruled line fills little of its box
     for (rows, cols), area in zip(ndimage.find_objects(labels), areas):
         tall, wide = rows.stop - rows.start, cols.stop - cols.start
-        if tall >= min_height and wide <= 2 * tall and tall <= 8 * wide and area >= 0.1 * areas.max():
-            heights.append(tall)
+        if tall >= min_height and wide <= 2 * tall and tall <= 8 * wide and area >= MIN_FILL * tall * wide:
+            marks.append((tall, area))
+    largest = max((area for _, area in marks), default=0)
+    heights = [tall for tall, area in marks if area >= 0.1 * largest]
     return float(statistics.median(heights)) if heights else max(min_height, fallback)
 
 

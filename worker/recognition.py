@@ -91,54 +91,71 @@ def read(pages: list, probabilities: np.ndarray, *, source: str, model: str | No
     that lost a glyph which was nearly a digit, is flagged for review."""
     results, offset = [], 0
     for page in pages:
-        numbers = []
+        found = []
         for number in page.numbers:
             details = []
             for glyph in number.glyphs:
                 count = 1 + len(glyph.pieces)
-                found = protocol.digit_details(probabilities[offset:offset + count],
-                                               [glyph.box] + [piece.box for piece in glyph.pieces], page=page.index)
+                read_as = protocol.digit_details(probabilities[offset:offset + count],
+                                                 [glyph.box] + [piece.box for piece in glyph.pieces], page=page.index)
                 offset += count
-                details.extend(_reading(found[0], found[1:]))
-            found = protocol.number_result(_without_printed(details), review_below=review_below)
-            if found is not None:
-                numbers.append(found)
+                details.extend(_reading(read_as[0], read_as[1:]))
+            found.append((number.box, details))
+        numbers = []
+        for box, details in found:
+            line = [detail for other, others in found if _same_line(box, other) for detail in others]
+            number = protocol.number_result(_without_printed(details, _text_height(line)), review_below=review_below)
+            if number is not None:
+                numbers.append(number)
         results.append(protocol.page_result(page.index, numbers))
     return protocol.result(source, pages=results, model=model, sha256=sha256, worker=worker, job=job)
 
 
-PRINTED_GAP = 0.35  # digits closer than this share of the taller mark to a rejected one are part of its text
+TEXT_MARKS = 3  # rejected marks (or rejected ink this many of their heights wide) on a text line: printed words
+TEXT_HEIGHT = 1.5  # digits no taller than this times the median printed mark beside them are printed figures
 
 
-def _without_printed(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Leave out digits written tight against marks the model rejects, and digits tight against those: the
-    figures of printed text (a form's "No. 600", a date in a letterhead), which run on from its letters."""
-    rejected = [detail["confidence"] < detail["not_a_digit"] for detail in details]
-    context = rejected[:]
-    changed = True
-    while changed:
-        changed = False
-        for index, detail in enumerate(details):
-            if context[index]:
-                continue
-            for neighbour in (index - 1, index + 1):
-                if 0 <= neighbour < len(details) and context[neighbour] and _tight(detail, details[neighbour]):
-                    context[index] = changed = True
-                    break
-    return [detail for detail, is_context, is_rejected in zip(details, context, rejected)
-            if is_rejected or not is_context]
+def _rejected(detail: dict[str, Any]) -> bool:
+    return detail["confidence"] < detail["not_a_digit"]
 
 
-def _tight(first: dict[str, Any], second: dict[str, Any]) -> bool:
-    (left_a, top_a, right_a, bottom_a), (left_b, top_b, right_b, bottom_b) = first["box"], second["box"]
-    gap = max(left_a, left_b) - min(right_a, right_b)
-    return gap < PRINTED_GAP * max(bottom_a - top_a, bottom_b - top_b)
+def _height(detail: dict[str, Any]) -> int:
+    return detail["box"][3] - detail["box"][1]
+
+
+def _same_line(first, second) -> bool:
+    """Two boxes (left, top, right, bottom) on one text line: they overlap by half the shorter's height."""
+    overlap = min(first[3], second[3]) - max(first[1], second[1])
+    return overlap >= 0.5 * min(first[3] - first[1], second[3] - second[1])
+
+
+def _text_height(line: list[dict[str, Any]]) -> float:
+    """How tall the figures of printed text on this line would be (0 when the line holds no printed words):
+    the marks the model rejects there, when there are a word's worth of them."""
+    words = [detail for detail in line if _rejected(detail)]
+    if not words:
+        return 0.0
+    median = float(np.median([_height(detail) for detail in words]))
+    width = sum(detail["box"][2] - detail["box"][0] for detail in words)
+    return TEXT_HEIGHT * median if len(words) >= TEXT_MARKS or width >= TEXT_MARKS * median else 0.0
+
+
+def _without_printed(details: list[dict[str, Any]], text_height: float) -> list[dict[str, Any]]:
+    """Leave out the figures of printed text (a form's "No. 600", a date in a letterhead): digits no taller
+    than the printed words on their line make them. Handwriting beside a printed label is larger than the
+    label's print; a lone rejected mark inside handwriting (a stroke joined to a line) leaves its number
+    alone, flagged for review (protocol.number_result)."""
+    return [detail for detail in details if _rejected(detail) or _height(detail) > text_height]
 
 
 def images_of(pages: list) -> list[np.ndarray]:
     """The images the model reads for normalised pages, in the order read() expects: each glyph, then its pieces."""
     return [image for page in pages for glyph in page.glyphs
             for image in (glyph.image, *(piece.image for piece in glyph.pieces))]
+
+
+PRIOR_SPAN = 0.2  # marks this much wider than tall (and more) are as likely two digits as one
+FLAT = 0.4  # a piece no taller than this share of its mark is flat
 
 
 def _reading(whole: dict[str, Any], pieces: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -153,8 +170,11 @@ def _reading(whole: dict[str, Any], pieces: list[dict[str, Any]]) -> list[dict[s
 
     left, top, right, bottom = whole["box"]
     aspect = (right - left) / max(1, bottom - top)
-    prior = min(1.0, max(0.1, (aspect - 1.0) / 0.6))
-    return pieces if prior * min(sureness(piece) for piece in pieces) > sureness(whole) else [whole]
+    prior = min(1.0, max(0.1, (aspect - 1.0) / PRIOR_SPAN))
+    # A flat piece the model rejects is what is left of a ruled line the writing sat on: it does not count
+    # against the digits beside it (it leaves the number later, as any rejected mark does).
+    counted = [piece for piece in pieces if not (_rejected(piece) and _height(piece) <= FLAT * (bottom - top))]
+    return pieces if counted and prior * min(map(sureness, counted)) > sureness(whole) else [whole]
 
 
 def sha256_of(data: bytes) -> str:
