@@ -194,6 +194,36 @@ def test_a_number_is_split_into_its_digits_left_to_right():
     assert len(glyphs) == 4
 
 
+def test_a_small_box_around_two_digits_is_taken_out_and_they_stay():
+    # A box barely wider than the two digits it holds: shorter than any ruled line, and one digit touches it.
+    page = paper(900, 600)
+    draw = ImageDraw.Draw(page)
+    draw.rectangle((300, 200, 470, 340), outline=20, width=3)
+    boxes = [draw_seven(page, 302, 220, height=100), draw_seven(page, 390, 220, height=100)]
+    glyphs = only_glyphs(normalise(encoded(page)))
+    assert len(glyphs) == 2
+    for glyph, (left, top, right, bottom) in zip(glyphs, boxes):
+        # The box's side takes the few pixels of the stroke that lie on it, no more.
+        assert abs(glyph.box[0] - left) <= 16 and abs(glyph.box[2] - right) <= 8 and abs(glyph.box[3] - bottom) <= 8
+
+
+def test_faint_ruled_lines_and_a_margin_joined_to_them_are_not_digits():
+    # Thin light-blue lines and a red margin on a large page: after reduction they are broken into dashes;
+    # small digits written on the page must not make the margin and the lines one big mark.
+    page = Image.new("RGB", (1000, 800), (236, 236, 228))
+    draw = ImageDraw.Draw(page)
+    for y in range(40, 800, 80):
+        draw.line([(0, y), (1000, y)], fill=(150, 170, 225), width=2)
+    draw.line([(110, 0), (110, 800)], fill=(225, 140, 140), width=2)
+    grey = page.convert("L")
+    boxes = [draw_seven(grey, 400, 255, height=62), draw_seven(grey, 460, 255, height=62)]
+    glyphs = only_glyphs(normalise(encoded(grey.convert("RGB"))))
+    assert [abs(glyph.box[0] - box[0]) <= 8 for glyph, box in zip(glyphs, boxes)] == [True, True]
+    assert len(glyphs) == 2
+    empty = only_glyphs(normalise(encoded(page)))
+    assert empty == ()
+
+
 def test_generated_numbers_give_as_many_glyphs_as_digits():
     for scan in scan_set.numbers(12, seed=8):
         pages = normalise(scan.data)

@@ -71,3 +71,11 @@ def test_a_mark_as_tall_as_the_digits_left_out_at_the_end_flags_the_number():
     # 5 then three touching digits the model could neither read whole nor take apart.
     digits = [("5", (0, 100, 50, 170)), ("x", (60, 95, 220, 170))]
     assert numbers_read(*page_of(digits)) == [("5", True)]
+
+
+def test_a_line_of_printed_figures_alone_is_judged_by_the_pages_printed_text():
+    # A printed heading, then "12345" printed at the same size on a line of its own, then handwriting.
+    heading = letters(10, 10, 10, height=30)
+    figures = [(digit, (10 + i * 24, 80, 30 + i * 24, 110)) for i, digit in enumerate("12345")]
+    written = [("4", (40, 200, 110, 290)), ("2", (130, 200, 200, 290))]
+    assert numbers_read(*page_of(heading, figures, written)) == [("42", False)]

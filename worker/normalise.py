@@ -65,6 +65,10 @@ OVERLAP = 0.3  # components overlapping horizontally by this share of the narrow
 LINE_RUN = 2.5  # ink running straight for this many typical digit heights is a ruled line or a box side
 SIDE_RUN = 0.9  # ... and so is a vertical run this long that joins a line at both of its ends
 MIN_FILL = 0.08  # a character's ink fills at least this share of its box (a frame's far less)
+FAINT = 0.75  # lines are looked for in ink above this share of the ink threshold (thin lines reduce faint)
+FAINT_REACH = 1  # ... within this many pixels of ink
+FRAME_BAND = 2  # a box's side, at analysis size, lies within this many pixels of the box's edge
+FRAME_INKED = 0.85  # ... and inks this share of it, on all four sides
 STACKED = 0.25  # marks overlapping horizontally this close vertically (share of the taller) are one glyph
 SAME_LINE = 0.5  # marks overlapping vertically by this share of the shorter are on one text line
 NUMBER_GAP = 1.5  # a gap wider than this share of the line's digit height ends a number
@@ -349,7 +353,9 @@ def _analyse(page_image: Image.Image) -> _Analysis | None:
     _clear_borders(mask)
     min_height = max(MIN_SIDE, MIN_GLYPH * min(width, height)) / factor
     labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
-    lines = _take_out_lines(mask, labels, count, min_height=min_height)
+    # Fainter ink next to ink: a thin line's dashes joined, not a shadow's edge across the page.
+    faint = mask | ((signal > FAINT * low) & ndimage.binary_dilation(mask, iterations=FAINT_REACH))
+    lines = _take_out_lines(mask, labels, count, min_height=min_height, faint=faint)
     if lines.any():  # the mask lost its lines: its components changed
         labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
     groups, boxes, numbers, pieces = _group(labels, count, signal > high, min_height=min_height)
@@ -553,7 +559,8 @@ def _pieces(grouped: np.ndarray, group: int, cuts: list[int], box: tuple[int, in
     return found
 
 
-def _take_out_lines(mask: np.ndarray, labels: np.ndarray, count: int, *, min_height: float) -> np.ndarray:
+def _take_out_lines(mask: np.ndarray, labels: np.ndarray, count: int, *, min_height: float,
+                    faint: np.ndarray) -> np.ndarray:
     """Remove ruled lines, underlines and box sides from the ink mask (in place), keeping the pixels where a
     stroke crosses them; returns what was taken out. `labels` are the mask's components."""
     nothing = np.zeros_like(mask)
@@ -563,12 +570,16 @@ def _take_out_lines(mask: np.ndarray, labels: np.ndarray, count: int, *, min_hei
     horizontal = vertical = nothing
     # A run of `run` pixels over three neighbouring rows needs that much ink in them: most plain scans
     # have no such rows or columns, and skip the search.
-    if _band_ink(mask, axis=1).max(initial=0) >= run:
-        thick = mask | np.roll(mask, 1, axis=0) | np.roll(mask, -1, axis=0)
-        horizontal = _thin(_long_runs(thick, axis=1, length=run) & mask, axis=0, run=run)
-    if _band_ink(mask, axis=0).max(initial=0) >= run:
-        thick = mask | np.roll(mask, 1, axis=1) | np.roll(mask, -1, axis=1)
-        vertical = _thin(_long_runs(thick, axis=0, length=run) & mask, axis=1, run=run)
+    # A thin line comes through the reduction faint, and the ink mask holds it only as dashes: lines are
+    # looked for in the faint mask (FAINT of the ink threshold), and what is taken out is their ink.
+    if _band_ink(faint, axis=1).max(initial=0) >= run:
+        thick = faint | np.roll(faint, 1, axis=0) | np.roll(faint, -1, axis=0)
+        horizontal = _thin(_long_runs(thick, axis=1, length=run) & faint, axis=0, run=run) & mask
+    if _band_ink(faint, axis=0).max(initial=0) >= run:
+        thick = faint | np.roll(faint, 1, axis=1) | np.roll(faint, -1, axis=1)
+        vertical = _thin(_long_runs(thick, axis=0, length=run) & faint, axis=1, run=run) & mask
+    frame_rows, frame_columns = _frames(mask, labels, min_side=max(4, math.ceil(SIDE_RUN * typical)))
+    horizontal, vertical = horizontal | frame_rows, vertical | frame_columns
     if not horizontal.any() and not vertical.any():
         return nothing
     sides = _box_sides(mask & ~horizontal, horizontal, length=max(4, math.ceil(SIDE_RUN * typical)))
@@ -622,11 +633,37 @@ def _thin(found: np.ndarray, *, axis: int, run: int) -> np.ndarray:
         return found
     labels, count = ndimage.label(found, structure=_EIGHT_NEIGHBOURS)
     keep = np.zeros(count + 1, bool)
-    for number, (rows, cols) in enumerate(ndimage.find_objects(labels) or [], start=1):
+    for number, found_at in enumerate(ndimage.find_objects(labels) or [], start=1):
+        if found_at is None:
+            continue
+        rows, cols = found_at
         length = (cols.stop - cols.start) if axis == 0 else (rows.stop - rows.start)
         pixels = np.count_nonzero(labels[rows, cols] == number)
         keep[number] = length >= run and pixels / length <= max(3.0, 0.12 * run)  # mean thickness
     return keep[labels]
+
+
+def _frames(mask: np.ndarray, labels: np.ndarray, *, min_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The four sides of boxes drawn around a field, however short (a box for two digits is shorter than
+    any ruled line): marks whose bounding box is inked along nearly all of each of its four edges. Returns
+    (top and bottom sides, left and right sides); what is written inside, even touching them, stays."""
+    rows_found, columns_found = np.zeros_like(mask), np.zeros_like(mask)
+    for number, (rows, cols) in enumerate(ndimage.find_objects(labels) or [], start=1):
+        tall, wide = rows.stop - rows.start, cols.stop - cols.start
+        if tall < min_side or wide < min_side:
+            continue
+        part = labels[rows, cols] == number
+        edges = (part[:FRAME_BAND].any(axis=0), part[-FRAME_BAND:].any(axis=0),
+                 part[:, :FRAME_BAND].any(axis=1), part[:, -FRAME_BAND:].any(axis=1))
+        if min(edge.mean() for edge in edges) < FRAME_INKED:
+            continue
+        band = np.zeros_like(part)
+        band[:FRAME_BAND] = band[-FRAME_BAND:] = True
+        rows_found[rows, cols] |= part & band
+        band[:] = False
+        band[:, :FRAME_BAND] = band[:, -FRAME_BAND:] = True
+        columns_found[rows, cols] |= part & band
+    return rows_found, columns_found
 
 
 def _box_sides(mask: np.ndarray, horizontal: np.ndarray, *, length: int) -> np.ndarray:

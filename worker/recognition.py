@@ -91,28 +91,34 @@ def read(pages: list, probabilities: np.ndarray, *, source: str, model: str | No
     that lost a glyph which was nearly a digit, is flagged for review."""
     results, offset = [], 0
     for page in pages:
-        found = []
+        found = []  # per number: its box, its glyphs read whole, and what stands (whole or cut)
         for number in page.numbers:
-            details = []
+            wholes, details = [], []
             for glyph in number.glyphs:
                 count = 1 + len(glyph.pieces)
                 read_as = protocol.digit_details(probabilities[offset:offset + count],
                                                  [glyph.box] + [piece.box for piece in glyph.pieces], page=page.index)
                 offset += count
+                wholes.append((read_as[0], _printed_marks(read_as[0], read_as[1:])))
                 details.extend(_reading(read_as[0], read_as[1:]))
-            found.append((number.box, details))
+            found.append((number.box, wholes, details))
         numbers = []
-        for box, details in found:
-            line = [detail for other, others in found if _same_line(box, other) for detail in others]
-            number = protocol.number_result(_without_printed(details, _text_height(line)), review_below=review_below)
+        # Printed words are judged whole (a word cut into pieces can look like weak digits), by text line,
+        # and where a line holds no words, by the printed text of the whole page.
+        page_text = _text_height([whole for _, wholes, _ in found for whole in wholes], share=PAGE_TEXT_HEIGHT)
+        for box, _, details in found:
+            line = [whole for other, wholes, _ in found if _same_line(box, other) for whole in wholes]
+            text_height = _text_height(line) or page_text
+            number = protocol.number_result(_without_printed(details, text_height), review_below=review_below)
             if number is not None:
                 numbers.append(number)
         results.append(protocol.page_result(page.index, numbers))
     return protocol.result(source, pages=results, model=model, sha256=sha256, worker=worker, job=job)
 
 
-TEXT_MARKS = 3  # rejected marks (or rejected ink this many of their heights wide) on a text line: printed words
+TEXT_MARKS = 3  # printed characters the model rejects on a text line: it holds printed words
 TEXT_HEIGHT = 1.5  # digits no taller than this times the median printed mark beside them are printed figures
+PAGE_TEXT_HEIGHT = 1.2  # ... and on a line without words, this times the page's printed marks
 
 
 def _rejected(detail: dict[str, Any]) -> bool:
@@ -123,21 +129,33 @@ def _height(detail: dict[str, Any]) -> int:
     return detail["box"][3] - detail["box"][1]
 
 
+def _flat(piece: dict[str, Any], whole: dict[str, Any]) -> bool:
+    """A piece of a mark that is what is left of a ruled line under it: low and long."""
+    width = piece["box"][2] - piece["box"][0]
+    return _height(piece) <= FLAT * _height(whole) and width >= 2 * _height(piece)
+
+
 def _same_line(first, second) -> bool:
     """Two boxes (left, top, right, bottom) on one text line: they overlap by half the shorter's height."""
     overlap = min(first[3], second[3]) - max(first[1], second[1])
     return overlap >= 0.5 * min(first[3] - first[1], second[3] - second[1])
 
 
-def _text_height(line: list[dict[str, Any]]) -> float:
+def _printed_marks(whole: dict[str, Any], pieces: list[dict[str, Any]]) -> int:
+    """How many printed characters a mark the model rejects may hold: one, or when it comes cut (letters run
+    together) its rejected pieces that are not flat (a ruled line's remains under handwriting are flat)."""
+    if not _rejected(whole):
+        return 0
+    return max(1, sum(_rejected(piece) and not _flat(piece, whole) for piece in pieces))
+
+
+def _text_height(line: list[tuple[dict[str, Any], int]], *, share: float = TEXT_HEIGHT) -> float:
     """How tall the figures of printed text on this line would be (0 when the line holds no printed words):
-    the marks the model rejects there, when there are a word's worth of them."""
-    words = [detail for detail in line if _rejected(detail)]
-    if not words:
+    the marks the model rejects there, read whole, when they hold a word's worth of characters."""
+    words = [whole for whole, characters in line if characters]
+    if sum(characters for _, characters in line) < TEXT_MARKS:
         return 0.0
-    median = float(np.median([_height(detail) for detail in words]))
-    width = sum(detail["box"][2] - detail["box"][0] for detail in words)
-    return TEXT_HEIGHT * median if len(words) >= TEXT_MARKS or width >= TEXT_MARKS * median else 0.0
+    return share * float(np.median([_height(whole) for whole in words]))
 
 
 def _without_printed(details: list[dict[str, Any]], text_height: float) -> list[dict[str, Any]]:
@@ -155,7 +173,8 @@ def images_of(pages: list) -> list[np.ndarray]:
 
 
 PRIOR_SPAN = 0.2  # marks this much wider than tall (and more) are as likely two digits as one
-FLAT = 0.4  # a piece no taller than this share of its mark is flat
+CUT_SURE = 0.8  # a rejected mark stands as its pieces only when each is a digit this likely
+FLAT = 0.3  # a piece no taller than this share of its mark (and twice as long as high) is flat
 
 
 def _reading(whole: dict[str, Any], pieces: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -173,8 +192,10 @@ def _reading(whole: dict[str, Any], pieces: list[dict[str, Any]]) -> list[dict[s
     prior = min(1.0, max(0.1, (aspect - 1.0) / PRIOR_SPAN))
     # A flat piece the model rejects is what is left of a ruled line the writing sat on: it does not count
     # against the digits beside it (it leaves the number later, as any rejected mark does).
-    counted = [piece for piece in pieces if not (_rejected(piece) and _height(piece) <= FLAT * (bottom - top))]
-    return pieces if counted and prior * min(map(sureness, counted)) > sureness(whole) else [whole]
+    counted = [piece for piece in pieces if not (_rejected(piece) and _flat(piece, whole))]
+    if not counted or (_rejected(whole) and min(piece["confidence"] for piece in counted) < CUT_SURE):
+        return [whole]  # a mark the model rejects is taken apart only into digits it is sure of
+    return pieces if prior * min(map(sureness, counted)) > sureness(whole) else [whole]
 
 
 def sha256_of(data: bytes) -> str:
