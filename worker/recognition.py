@@ -84,11 +84,20 @@ def finish(pending: Pending, *, source: str, sha256: str, worker: str, job: str 
                 review_below=review_below)
 
 
+TEXT_MARKS = 3  # printed characters the model rejects on a text line: it holds printed words
+TEXT_HEIGHT = 1.5  # digits no taller than this times the median printed mark beside them are printed figures
+PAGE_TEXT_HEIGHT = 1.2  # ... and on a line without words, this times the page's printed marks
+PRIOR_SPAN = 0.2  # marks this much wider than tall (and more) are as likely two digits as one
+CUT_SURE = 0.8  # a rejected mark stands as its pieces only when each is a digit this likely
+FLAT = 0.3  # a piece no taller than this share of its mark (and twice as long as high) is flat
+
+
 def read(pages: list, probabilities: np.ndarray, *, source: str, model: str | None, sha256: str | None,
          worker: str | None, job: str | None, review_below: float) -> dict[str, Any]:
     """The result object from normalised pages and the (calibrated) probabilities of their glyphs, in order:
-    glyphs the model calls "not a digit" leave their number; a number less sure than review_below, or one
-    that lost a glyph which was nearly a digit, is flagged for review."""
+    each mark read whole or cut (_reading); printed figures left out by the size of the printed words around
+    them; glyphs the model calls "not a digit" leave their number, and protocol.number_result says when a
+    number is flagged for review."""
     results, offset = [], 0
     for page in pages:
         found = []  # per number: its box, its glyphs read whole, and what stands (whole or cut)
@@ -114,11 +123,6 @@ def read(pages: list, probabilities: np.ndarray, *, source: str, model: str | No
                 numbers.append(number)
         results.append(protocol.page_result(page.index, numbers))
     return protocol.result(source, pages=results, model=model, sha256=sha256, worker=worker, job=job)
-
-
-TEXT_MARKS = 3  # printed characters the model rejects on a text line: it holds printed words
-TEXT_HEIGHT = 1.5  # digits no taller than this times the median printed mark beside them are printed figures
-PAGE_TEXT_HEIGHT = 1.2  # ... and on a line without words, this times the page's printed marks
 
 
 def _rejected(detail: dict[str, Any]) -> bool:
@@ -172,15 +176,10 @@ def images_of(pages: list) -> list[np.ndarray]:
             for image in (glyph.image, *(piece.image for piece in glyph.pieces))]
 
 
-PRIOR_SPAN = 0.2  # marks this much wider than tall (and more) are as likely two digits as one
-CUT_SURE = 0.8  # a rejected mark stands as its pieces only when each is a digit this likely
-FLAT = 0.3  # a piece no taller than this share of its mark (and twice as long as high) is flat
-
-
 def _reading(whole: dict[str, Any], pieces: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A mark read whole, or as its pieces (touching digits) when the model is surer of every piece than of
-    the whole, by a margin that shrinks as the mark gets wider: most marks a little wider than tall are one
-    digit (a 0, a broad 2), most twice as wide are two."""
+    the whole, by a margin that shrinks as the mark gets wider and is gone once it is 1.2 times as wide as
+    tall: marks about as wide as tall are mostly one digit (a 0, a broad 2)."""
     if not pieces:
         return [whole]
 
