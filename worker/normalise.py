@@ -65,6 +65,7 @@ OVERLAP = 0.3  # components overlapping horizontally by this share of the narrow
 LINE_RUN = 2.5  # ink running straight for this many typical digit heights is a ruled line or a box side
 SIDE_RUN = 0.9  # ... and so is a vertical run this long that joins a line at both of its ends
 MIN_FILL = 0.08  # a character's ink fills at least this share of its box (a frame's far less)
+REMNANT = 3  # a sliver of a taken-out line is at most this many pixels thick (at analysis size)
 FAINT = 0.75  # lines are looked for in ink above this share of the ink threshold (thin lines reduce faint)
 FAINT_REACH = 1  # ... within this many pixels of ink
 FRAME_BAND = 2  # a box's side, at analysis size, lies within this many pixels of the box's edge
@@ -358,6 +359,10 @@ def _analyse(page_image: Image.Image) -> _Analysis | None:
     lines = _take_out_lines(mask, labels, count, min_height=min_height, faint=faint)
     if lines.any():  # the mask lost its lines: its components changed
         labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
+        remnants = _line_remnants(labels, lines)
+        if remnants.any():
+            mask &= ~remnants
+            labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
     groups, boxes, numbers, pieces = _group(labels, count, signal > high, min_height=min_height)
     if not boxes:
         return None
@@ -641,6 +646,27 @@ def _thin(found: np.ndarray, *, axis: int, run: int) -> np.ndarray:
         pixels = np.count_nonzero(labels[rows, cols] == number)
         keep[number] = length >= run and pixels / length <= max(3.0, 0.12 * run)  # mean thickness
     return keep[labels]
+
+
+def _line_remnants(labels: np.ndarray, lines: np.ndarray) -> np.ndarray:
+    """Slivers of a line that was taken out (where it crossed another line, or was drawn heavier): a mark
+    thinner than REMNANT pixels, several times longer than thick, with the taken-out line going on from
+    both of its ends. A digit on a line is thicker than the line, so it stays."""
+    found = np.zeros_like(lines)
+    for number, found_at in enumerate(ndimage.find_objects(labels) or [], start=1):
+        if found_at is None:
+            continue
+        rows, cols = found_at
+        tall, wide = rows.stop - rows.start, cols.stop - cols.start
+        if wide <= REMNANT and tall >= 3 * wide:  # along a vertical line
+            ends = (lines[max(0, rows.start - 2):rows.start, cols], lines[rows.stop:rows.stop + 2, cols])
+        elif tall <= REMNANT and wide >= 3 * tall:  # along a horizontal one
+            ends = (lines[rows, max(0, cols.start - 2):cols.start], lines[rows, cols.stop:cols.stop + 2])
+        else:
+            continue
+        if ends[0].any() and ends[1].any():
+            found[rows, cols] |= labels[rows, cols] == number
+    return found
 
 
 def _frames(mask: np.ndarray, labels: np.ndarray, *, min_side: int) -> tuple[np.ndarray, np.ndarray]:
