@@ -200,12 +200,11 @@ class _Canvas:
         layer = Image.new("L", (self.rgb.shape[1], self.rgb.shape[0]), 0)
         return layer, ImageDraw.Draw(layer)
 
-    def text(self, text: str, position: tuple[int, int], size: int, font) -> int:
+    def text(self, text: str, position: tuple[int, int], size: int, font) -> None:
         layer, draw = self._layer()
         face = ImageFont.truetype(str(font), size)
         draw.text(position, text, fill=255, font=face)
         self._ink(np.asarray(layer.filter(ImageFilter.GaussianBlur(0.6)), np.float32) / 255, (25, 25, 30))
-        return int(draw.textlength(text, font=face))
 
     def line(self, points, *, colour, width: int) -> None:
         layer, draw = self._layer()

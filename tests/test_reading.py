@@ -16,14 +16,16 @@ pytestmark = pytest.mark.fast
 BLANK = np.zeros(GLYPH_SHAPE, np.float32)
 
 
-def page_of(*lines: list[tuple[str, tuple[int, int, int, int]]]) -> tuple[list[Page], np.ndarray]:
-    """A page whose numbers hold glyphs the model reads as given: a digit ("7"), or "x" for not a digit."""
+def page_of(*numbers_on_lines: tuple[int, list[tuple[str, tuple[int, int, int, int]]]]
+            ) -> tuple[list[Page], np.ndarray]:
+    """A page of numbers, each (its text line, its glyphs), whose glyphs the model reads as given: a digit
+    ("7"), or "x" for not a digit."""
     numbers, rows = [], []
-    for glyphs in lines:
+    for line, glyphs in numbers_on_lines:
         boxes = [box for _, box in glyphs]
         numbers.append(Number(tuple(Glyph(BLANK, box) for box in boxes),
                               (min(b[0] for b in boxes), min(b[1] for b in boxes),
-                               max(b[2] for b in boxes), max(b[3] for b in boxes))))
+                               max(b[2] for b in boxes), max(b[3] for b in boxes)), line))
         for answer, _ in glyphs:
             row = np.full(11, 0.001, np.float32)
             row[10 if answer == "x" else int(answer)] = 0.99
@@ -45,32 +47,32 @@ def test_printed_figures_among_printed_words_are_not_handwriting():
     # "Invoice form No. 558": words, then figures as tall as the words' capitals, in a number of their own.
     title = letters(10, 10, 12, height=22) + letters(320, 10, 2, height=30)
     figures = [(digit, (400 + i * 24, 10, 420 + i * 24, 40)) for i, digit in enumerate("558")]
-    assert numbers_read(*page_of(title, figures)) == []
+    assert numbers_read(*page_of((0, title), (0, figures))) == []
 
 
 def test_handwriting_beside_a_printed_label_is_read():
     # "Amount:" in print 30 px tall, and a handwritten 12 three times that height on the same line.
     label = letters(10, 130, 7, height=30)
     written = [("1", (230, 100, 280, 190)), ("2", (300, 100, 370, 190))]
-    assert numbers_read(*page_of(label, written)) == [("12", False)]
+    assert numbers_read(*page_of((0, label), (0, written))) == [("12", False)]
 
 
 def test_a_mark_lost_from_between_digits_flags_the_number_and_keeps_it():
     # A handwritten 5 8 ? 0 whose third mark (a 1 joined to a ruled line) the model rejects.
     digits = [(answer, (i * 60, 100, i * 60 + 50, 170)) for i, answer in enumerate("58x0")]
-    assert numbers_read(*page_of(digits)) == [("580", True)]
+    assert numbers_read(*page_of((0, digits))) == [("580", True)]
 
 
 def test_a_rejected_mark_at_a_numbers_end_leaves_it_unflagged():
     digits = [(answer, (i * 60, 100, i * 60 + 50, 170)) for i, answer in enumerate("47")]
     stray = [("x", (200, 160, 215, 168))]  # a speck after the number
-    assert numbers_read(*page_of(digits + stray)) == [("47", False)]
+    assert numbers_read(*page_of((0, digits + stray))) == [("47", False)]
 
 
 def test_a_mark_as_tall_as_the_digits_left_out_at_the_end_flags_the_number():
     # 5 then three touching digits the model could neither read whole nor take apart.
     digits = [("5", (0, 100, 50, 170)), ("x", (60, 95, 220, 170))]
-    assert numbers_read(*page_of(digits)) == [("5", True)]
+    assert numbers_read(*page_of((0, digits))) == [("5", True)]
 
 
 def test_a_line_of_printed_figures_alone_is_judged_by_the_pages_printed_text():
@@ -78,4 +80,4 @@ def test_a_line_of_printed_figures_alone_is_judged_by_the_pages_printed_text():
     heading = letters(10, 10, 10, height=30)
     figures = [(digit, (10 + i * 24, 80, 30 + i * 24, 110)) for i, digit in enumerate("12345")]
     written = [("4", (40, 200, 110, 290)), ("2", (130, 200, 200, 290))]
-    assert numbers_read(*page_of(heading, figures, written)) == [("42", False)]
+    assert numbers_read(*page_of((0, heading), (1, figures), (2, written))) == [("42", False)]

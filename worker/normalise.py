@@ -90,10 +90,12 @@ class Glyph:
 
 @dataclass(frozen=True)
 class Number:
-    """Glyphs written together, left to right, and their box in the page's pixels."""
+    """Glyphs written together, left to right, their box in the page's pixels, and the text line they are on
+    (numbers of one page with the same `line` were written on one line)."""
 
     glyphs: tuple[Glyph, ...]
     box: tuple[int, int, int, int]
+    line: int = 0
 
 
 @dataclass(frozen=True)
@@ -303,7 +305,7 @@ class _Analysis:
     signal: np.ndarray  # ink above paper at analysis size
     groups: np.ndarray  # int32 at analysis size: the group number (from 1) of each pixel, 0 for paper
     boxes: list[tuple[int, int, int, int]]  # per group, analysis pixels, in reading order
-    numbers: list[list[int]]  # group numbers (from 1) of each number, in reading order
+    numbers: list[tuple[int, list[int]]]  # (text line, group numbers from 1) of each number, in reading order
     pieces: dict[int, list[tuple[int, int, int, int]]]  # group -> boxes of its pieces, when it may hold several
     lines: np.ndarray  # bool at analysis size: ruled lines and box sides taken out
     sigma: float
@@ -317,7 +319,7 @@ def _find_numbers(page_image: Image.Image, scale: float) -> tuple[Number, ...]:
         raise UnsupportedImage(f"{len(analysis.boxes)} separate marks on one page: more than the {MAX_MARKS} "
                                "a page of handwritten numbers may have")
     numbers = []
-    for members in analysis.numbers:
+    for line, members in analysis.numbers:
         glyphs = []
         for group in members:
             glyph = _glyph(page_image, analysis, group, analysis.boxes[group - 1], scale)
@@ -331,7 +333,7 @@ def _find_numbers(page_image: Image.Image, scale: float) -> tuple[Number, ...]:
         if glyphs:
             box = (min(g.box[0] for g in glyphs), min(g.box[1] for g in glyphs),
                    max(g.box[2] for g in glyphs), max(g.box[3] for g in glyphs))
-            numbers.append(Number(tuple(glyphs), box))
+            numbers.append(Number(tuple(glyphs), box, line))
     return tuple(numbers)
 
 
@@ -450,10 +452,10 @@ def _clear_borders(mask: np.ndarray) -> None:
 
 
 def _group(labels: np.ndarray, count: int, strong: np.ndarray, *, min_height: float
-           ) -> tuple[np.ndarray, list[tuple[int, int, int, int]], list[list[int]], dict]:
+           ) -> tuple[np.ndarray, list[tuple[int, int, int, int]], list[tuple[int, list[int]]], dict]:
     """Connected ink (8-neighbours), less dust and faint marks, in text lines, merged where it overlaps
-    horizontally: the group number (from 1) of each pixel, 0 for paper, each group's box, and the groups
-    of each number, all in reading order."""
+    horizontally: the group number (from 1) of each pixel, 0 for paper, each group's box, and the text line
+    and groups of each number, all in reading order."""
     height, width = labels.shape
     if count == 0:
         return labels, [], [], {}
@@ -476,7 +478,7 @@ def _group(labels: np.ndarray, count: int, strong: np.ndarray, *, min_height: fl
     kept = np.flatnonzero(keep).tolist()
     number_of = np.zeros(count + 1, np.int32)  # by label; label 0 is paper
     boxes: list[tuple[int, int, int, int]] = []
-    numbers: list[list[int]] = []
+    numbers: list[tuple[int, list[int]]] = []
     splits: list[tuple[int, list[int]]] = []  # (group, cut columns) of glyphs that may hold touching digits
     # Pieces of one glyph (a 5's flag, a broken stroke) overlap horizontally and nearly touch vertically;
     # digits of two text lines overlap horizontally too, but a line's gap lies between them.
@@ -493,7 +495,7 @@ def _group(labels: np.ndarray, count: int, strong: np.ndarray, *, min_height: fl
                 break
         else:
             pieces.append([left[index], top[index], right[index], bottom[index], index])
-    for merged in _text_lines(pieces):
+    for line, merged in enumerate(_text_lines(pieces)):
         merged.sort(key=lambda piece: piece[0])
         merged = [group for group in _join_fragments(merged) if group[3] - group[1] + 1 >= min_height]
         if not merged:
@@ -502,11 +504,11 @@ def _group(labels: np.ndarray, count: int, strong: np.ndarray, *, min_height: fl
         previous_right = None
         for group in merged:
             if previous_right is None or group[0] - previous_right > NUMBER_GAP * typical:
-                numbers.append([])
+                numbers.append((line, []))
             previous_right = group[2]
             number_of[[index + 1 for index in group[4:]]] = len(boxes) + 1
             boxes.append((int(group[0]), int(group[1]), int(group[2]) + 1, int(group[3]) + 1))
-            numbers[-1].append(len(boxes))
+            numbers[-1][1].append(len(boxes))
             if group[2] - group[0] + 1 > WIDE * (group[3] - group[1] + 1):
                 # Handwritten digits are about 0.8 as wide as they are tall.
                 parts = max(2, round((group[2] - group[0] + 1) / (0.8 * (group[3] - group[1] + 1))))
@@ -583,11 +585,12 @@ def _take_out_lines(mask: np.ndarray, labels: np.ndarray, count: int, *, min_hei
     if _band_ink(faint, axis=0).max(initial=0) >= run:
         thick = faint | np.roll(faint, 1, axis=1) | np.roll(faint, -1, axis=1)
         vertical = _thin(_long_runs(thick, axis=0, length=run) & faint, axis=1, run=run) & mask
-    frame_rows, frame_columns = _frames(mask, labels, min_side=max(4, math.ceil(SIDE_RUN * typical)))
+    side = max(4, math.ceil(SIDE_RUN * typical))
+    frame_rows, frame_columns = _frames(mask, labels, min_side=side)
     horizontal, vertical = horizontal | frame_rows, vertical | frame_columns
     if not horizontal.any() and not vertical.any():
         return nothing
-    sides = _box_sides(mask & ~horizontal, horizontal, length=max(4, math.ceil(SIDE_RUN * typical)))
+    sides = _box_sides(mask & ~horizontal, horizontal, length=side)
     lines = horizontal | vertical | sides
     rest = mask & ~lines
     # A digit's stroke crossing a line continues on both sides of it: those line pixels stay.
@@ -638,10 +641,7 @@ def _thin(found: np.ndarray, *, axis: int, run: int) -> np.ndarray:
         return found
     labels, count = ndimage.label(found, structure=_EIGHT_NEIGHBOURS)
     keep = np.zeros(count + 1, bool)
-    for number, found_at in enumerate(ndimage.find_objects(labels) or [], start=1):
-        if found_at is None:
-            continue
-        rows, cols = found_at
+    for number, (rows, cols) in enumerate(ndimage.find_objects(labels) or [], start=1):
         length = (cols.stop - cols.start) if axis == 0 else (rows.stop - rows.start)
         pixels = np.count_nonzero(labels[rows, cols] == number)
         keep[number] = length >= run and pixels / length <= max(3.0, 0.12 * run)  # mean thickness
@@ -653,10 +653,7 @@ def _line_remnants(labels: np.ndarray, lines: np.ndarray) -> np.ndarray:
     thinner than REMNANT pixels, several times longer than thick, with the taken-out line going on from
     both of its ends. A digit on a line is thicker than the line, so it stays."""
     found = np.zeros_like(lines)
-    for number, found_at in enumerate(ndimage.find_objects(labels) or [], start=1):
-        if found_at is None:
-            continue
-        rows, cols = found_at
+    for number, (rows, cols) in enumerate(ndimage.find_objects(labels) or [], start=1):
         tall, wide = rows.stop - rows.start, cols.stop - cols.start
         if wide <= REMNANT and tall >= 3 * wide:  # along a vertical line
             ends = (lines[max(0, rows.start - 2):rows.start, cols], lines[rows.stop:rows.stop + 2, cols])

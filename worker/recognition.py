@@ -100,7 +100,7 @@ def read(pages: list, probabilities: np.ndarray, *, source: str, model: str | No
     number is flagged for review."""
     results, offset = [], 0
     for page in pages:
-        found = []  # per number: its box, its glyphs read whole, and what stands (whole or cut)
+        found = []  # per number: its text line, its glyphs read whole, and what stands (whole or cut)
         for number in page.numbers:
             wholes, details = [], []
             for glyph in number.glyphs:
@@ -110,14 +110,14 @@ def read(pages: list, probabilities: np.ndarray, *, source: str, model: str | No
                 offset += count
                 wholes.append((read_as[0], _printed_marks(read_as[0], read_as[1:])))
                 details.extend(_reading(read_as[0], read_as[1:]))
-            found.append((number.box, wholes, details))
+            found.append((number.line, wholes, details))
         numbers = []
         # Printed words are judged whole (a word cut into pieces can look like weak digits), by text line,
         # and where a line holds no words, by the printed text of the whole page.
         page_text = _text_height([whole for _, wholes, _ in found for whole in wholes], share=PAGE_TEXT_HEIGHT)
-        for box, _, details in found:
-            line = [whole for other, wholes, _ in found if _same_line(box, other) for whole in wholes]
-            text_height = _text_height(line) or page_text
+        for line, _, details in found:
+            on_line = [whole for other, wholes, _ in found if other == line for whole in wholes]
+            text_height = _text_height(on_line) or page_text
             number = protocol.number_result(_without_printed(details, text_height), review_below=review_below)
             if number is not None:
                 numbers.append(number)
@@ -137,12 +137,6 @@ def _flat(piece: dict[str, Any], whole: dict[str, Any]) -> bool:
     """A piece of a mark that is what is left of a ruled line under it: low and long."""
     width = piece["box"][2] - piece["box"][0]
     return _height(piece) <= FLAT * _height(whole) and width >= 2 * _height(piece)
-
-
-def _same_line(first, second) -> bool:
-    """Two boxes (left, top, right, bottom) on one text line: they overlap by half the shorter's height."""
-    overlap = min(first[3], second[3]) - max(first[1], second[1])
-    return overlap >= 0.5 * min(first[3] - first[1], second[3] - second[1])
 
 
 def _printed_marks(whole: dict[str, Any], pieces: list[dict[str, Any]]) -> int:
@@ -184,7 +178,7 @@ def _reading(whole: dict[str, Any], pieces: list[dict[str, Any]]) -> list[dict[s
         return [whole]
 
     def sureness(detail: dict[str, Any]) -> float:
-        return detail["confidence"] if detail["confidence"] >= detail["not_a_digit"] else 0.0
+        return 0.0 if _rejected(detail) else detail["confidence"]
 
     left, top, right, bottom = whole["box"]
     aspect = (right - left) / max(1, bottom - top)
