@@ -24,6 +24,7 @@ COUNTER_PREFIX = "digits:count:"    # + status: results made, for digits status 
 ROW_MARK_PREFIX = "digits:row:"     # + drop (or job), sha256, source: results.csv row written once
 UNACKED_KEY = "unacked"             # Kombu's Redis transport: jobs delivered to a worker and not yet acknowledged
 UNACKED_INDEX_KEY = "unacked_index"  # ... and when each was delivered, or last seen held by a live worker
+UNACKED_MUTEX_KEY = "unacked_mutex"  # ... and the lock a worker holds while it puts back a silent worker's jobs
 
 # --- the result object -------------------------------------------------------------------------
 

@@ -24,12 +24,19 @@ def celery_config(settings: Settings) -> dict:
     """The worker's Celery configuration: JSON only, late acks, threads sharing one model, queue `digits`."""
     url = settings.effective_broker_url
     visibility = settings.visibility_timeout
+    sweep = restore_sweep_seconds(settings)
     transport = brokers.transport_options(
         # Live workers refresh the jobs they hold (worker.heartbeat); a job whose worker fell silent is
         # handed out again once it was not refreshed for this long, found by a sweep every few seconds.
         visibility_timeout=visibility,
-        unacked_restore_interval=max(1, min(10, int(visibility // 6))),
+        unacked_restore_interval=sweep,
         unacked_restore_throttle=1,
+        # The sweep runs under a lock in Redis. A worker killed, or cut off from Redis, while it holds the
+        # lock leaves it behind until it expires, and Kombu's default expiry is 5 minutes: no dead
+        # worker's job would come back for that long. The lock only keeps two sweeps from overlapping,
+        # and two overlapping sweeps are harmless (each job is put back in one Redis transaction), so a
+        # stale lock now costs one sweep.
+        unacked_mutex_expire=sweep,
     )
     return protocol.json_only(
         broker_url=url,
@@ -55,6 +62,11 @@ def celery_config(settings: Settings) -> dict:
 # Read when the app's configuration is first needed, not at import: by then `digits worker` has given
 # its settings, and `celery -A worker worker` falls back to the DIGITS_* variables.
 app.add_defaults(lambda: celery_config(runtime.settings()))
+
+
+def restore_sweep_seconds(settings: Settings) -> int:
+    """Seconds between the sweeps that hand out again the jobs of silent workers (and the sweep lock's life)."""
+    return max(1, min(10, int(settings.visibility_timeout // 6)))
 
 
 def heartbeat_interval(settings: Settings) -> float:
