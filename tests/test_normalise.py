@@ -169,6 +169,31 @@ def test_uneven_lighting_and_paper_texture_are_not_ink():
     assert all(abs(found - wanted) <= 8 for found, wanted in zip(glyph.box, expected)), glyph.box
 
 
+@pytest.mark.parametrize("left", [200, 330])  # in the light beside the shadow's edge, in the shadow beside it
+def test_a_shadow_with_a_sharp_edge_beside_the_digit_is_not_ink(left):
+    # A phone photo: half the page in shadow, the shadow's edge a few cells wide, the digit near it. The
+    # paper estimate must follow the edge, or the edge reads as ink joined to the digit.
+    height, width = 300, 480
+    columns = np.arange(width, dtype=np.float32)
+    shade = 1 - 0.55 / (1 + np.exp(-(columns - 260) / 12))
+    page = Image.fromarray(np.clip(np.full((height, width), 225.0) * shade[None, :], 0, 255).astype(np.uint8))
+    expected = draw_seven(page, left, 100, ink=40)
+    (glyph,) = only_glyphs(normalise(encoded(page, "JPEG", quality=85)))
+    assert all(abs(found - wanted) <= 8 for found, wanted in zip(glyph.box, expected)), glyph.box
+
+
+def test_the_background_at_a_photos_edges_and_corners_is_not_a_digit():
+    # A photo of a sheet taken slightly askew: dark wedges of the desk along one side and in a corner.
+    page = paper(480, 360)
+    expected = draw_seven(page, 200, 120)
+    draw = ImageDraw.Draw(page)
+    draw.polygon([(0, 0), (14, 0), (0, 150)], fill=60)  # along the left edge, thinning downwards
+    draw.polygon([(480, 0), (420, 0), (480, 40)], fill=60)  # the top right corner
+    draw.polygon([(0, 360), (200, 360), (0, 354)], fill=60)  # a sliver along the bottom
+    (glyph,) = only_glyphs(normalise(encoded(page)))
+    assert all(abs(found - wanted) <= 8 for found, wanted in zip(glyph.box, expected)), glyph.box
+
+
 def test_specks_dust_and_scanner_borders_are_not_part_of_the_digit():
     page = paper(400, 300)
     expected = draw_seven(page, 150, 90)

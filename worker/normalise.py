@@ -59,6 +59,7 @@ SPECK_SIZE = 0.25  # ... and so are those smaller in both directions than this s
 MIN_GLYPH = 0.05  # a digit is at least this share of the page's short side tall (and at least MIN_SIDE px)
 BORDER_FILL = 0.6  # an edge row or column mostly ink is a scanner border, not a digit
 BORDER_DEPTH = 0.15  # borders are looked for this far in from each edge
+EDGE_BAND = 3  # ink lying wholly within this many pixels of an edge (at analysis size) is the paper's edge
 FRAGMENT = 0.7  # a piece less tall than this share of the typical digit is part of a neighbour
 JOIN_GAP = 0.4  # ... when it lies within this share of the typical digit height of it
 OVERLAP = 0.3  # components overlapping horizontally by this share of the narrower are one digit
@@ -397,8 +398,13 @@ def _paper(page: Image.Image, *, dark_ink: bool) -> np.ndarray:
     cells = page.reduce(cell) if cell > 1 else page
     # A cell crossed by a stroke reads darker (lighter, for light ink) than paper; the palest cell
     # around it is paper.
-    palest = ImageFilter.MaxFilter(5) if dark_ink else ImageFilter.MinFilter(5)
-    paper = cells.filter(palest).filter(ImageFilter.BoxBlur(1))
+    palest, darkest = ImageFilter.MaxFilter(5), ImageFilter.MinFilter(5)
+    if not dark_ink:
+        palest, darkest = darkest, palest
+    # The palest around it overstates the paper where the light falls off (at a shadow's edge, by two
+    # cells' worth of the slope), so the darkest of those is taken back: a closing, which follows a
+    # gradient and fills only what is narrower than five cells, the strokes.
+    paper = cells.filter(palest).filter(darkest).filter(ImageFilter.BoxBlur(1))
     # Steps of a cell are a level or two at most after the blur, so each cell's level is repeated
     # over its pixels (nearest neighbour: a tenth of the cost of a smooth resize).
     paper = paper.resize((width, height), Image.Resampling.NEAREST, box=(0, 0, width / cell, height / cell))
@@ -449,6 +455,23 @@ def _clear_borders(mask: np.ndarray) -> None:
             end = start + (int(light[0]) if light.size else lines.size - start) + 1
             span = slice(0, end) if from_start else slice(max(0, size - end), size)
             mask[(span, slice(None)) if axis == 0 else (slice(None), span)] = False
+    # What lies flat against an edge, or in a corner, is the edge of the paper (the background of a
+    # photo, the wedge of a tilted scan), however short: a digit is not drawn flat against an edge.
+    labels, _ = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
+    for index, (rows, columns) in enumerate(ndimage.find_objects(labels), start=1):
+        member = labels[rows, columns] == index
+        sides = (  # (touches this edge, the member's line along it, its depth from it, the page's depth)
+            (rows.start == 0, member[0], rows.stop - rows.start, height),
+            (rows.stop == height, member[-1], rows.stop - rows.start, height),
+            (columns.start == 0, member[:, 0], columns.stop - columns.start, width),
+            (columns.stop == width, member[:, -1], columns.stop - columns.start, width),
+        )
+        flat = any(touches and (depth <= EDGE_BAND or (depth <= BORDER_DEPTH * page and 2 * depth <= edge.size
+                                                       and 2 * np.count_nonzero(edge) >= edge.size))
+                   for touches, edge, depth, page in sides)
+        cornered = sum(touches and depth <= BORDER_DEPTH * page for touches, _, depth, page in sides) >= 2
+        if flat or cornered:
+            mask[rows, columns] &= ~member
 
 
 def _group(labels: np.ndarray, count: int, strong: np.ndarray, *, min_height: float
