@@ -81,3 +81,11 @@ def test_a_line_of_printed_figures_alone_is_judged_by_the_pages_printed_text():
     figures = [(digit, (10 + i * 24, 80, 30 + i * 24, 110)) for i, digit in enumerate("12345")]
     written = [("4", (40, 200, 110, 290)), ("2", (130, 200, 200, 290))]
     assert numbers_read(*page_of((0, heading), (1, figures), (2, written))) == [("42", False)]
+
+
+def test_a_short_printed_label_is_enough_to_tell_its_printed_figures():
+    # A form's "No 7": two printed letters and a printed figure as tall, beside a large handwritten 45.
+    label = letters(10, 130, 2, height=30)
+    printed = [("7", (70, 130, 90, 160))]
+    written = [("4", (230, 100, 290, 190)), ("5", (300, 100, 360, 190))]
+    assert numbers_read(*page_of((0, label + printed), (0, written))) == [("45", False)]

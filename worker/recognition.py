@@ -84,9 +84,8 @@ def finish(pending: Pending, *, source: str, sha256: str, worker: str, job: str 
                 review_below=review_below)
 
 
-TEXT_MARKS = 3  # printed characters the model rejects on a text line: it holds printed words
+TEXT_MARKS = 2  # printed characters the model rejects on a text line (or a page): it holds printed words
 TEXT_HEIGHT = 1.5  # digits no taller than this times the median printed mark beside them are printed figures
-PAGE_TEXT_HEIGHT = 1.2  # ... and on a line without words, this times the page's printed marks
 PRIOR_SPAN = 0.2  # marks this much wider than tall (and more) are as likely two digits as one
 CUT_SURE = 0.8  # a rejected mark stands as its pieces only when each is a digit this likely
 FLAT = 0.3  # a piece no taller than this share of its mark (and twice as long as high) is flat
@@ -114,7 +113,7 @@ def read(pages: list, probabilities: np.ndarray, *, source: str, model: str | No
         numbers = []
         # Printed words are judged whole (a word cut into pieces can look like weak digits), by text line,
         # and where a line holds no words, by the printed text of the whole page.
-        page_text = _text_height([whole for _, wholes, _ in found for whole in wholes], share=PAGE_TEXT_HEIGHT)
+        page_text = _text_height([whole for _, wholes, _ in found for whole in wholes])
         for line, _, details in found:
             on_line = [whole for other, wholes, _ in found if other == line for whole in wholes]
             text_height = _text_height(on_line) or page_text
@@ -147,13 +146,13 @@ def _printed_marks(whole: dict[str, Any], pieces: list[dict[str, Any]]) -> int:
     return max(1, sum(_rejected(piece) and not _flat(piece, whole) for piece in pieces))
 
 
-def _text_height(line: list[tuple[dict[str, Any], int]], *, share: float = TEXT_HEIGHT) -> float:
+def _text_height(line: list[tuple[dict[str, Any], int]]) -> float:
     """How tall the figures of printed text on this line would be (0 when the line holds no printed words):
     the marks the model rejects there, read whole, when they hold a word's worth of characters."""
     words = [whole for whole, characters in line if characters]
     if sum(characters for _, characters in line) < TEXT_MARKS:
         return 0.0
-    return share * float(np.median([_height(whole) for whole in words]))
+    return TEXT_HEIGHT * float(np.median([_height(whole) for whole in words]))
 
 
 def _without_printed(details: list[dict[str, Any]], text_height: float) -> list[dict[str, Any]]:
