@@ -89,3 +89,17 @@ def test_a_short_printed_label_is_enough_to_tell_its_printed_figures():
     printed = [("7", (70, 130, 90, 160))]
     written = [("4", (230, 100, 290, 190)), ("5", (300, 100, 360, 190))]
     assert numbers_read(*page_of((0, label + printed), (0, written))) == [("45", False)]
+
+
+def test_touching_handwritten_digits_the_model_rejects_whole_are_not_printed_words():
+    # A handwritten 086 whose 8 and 6 touch: rejected whole, read as an 8 and a 6 once cut. With one
+    # printed letter on the line, the whole must not count as a printed word as tall as the handwriting.
+    label = letters(10, 130, 1, height=36)
+    pages, probabilities = page_of((0, label + [("0", (200, 100, 260, 180))]))
+    touching = Glyph(BLANK, (270, 100, 390, 180), pieces=(Glyph(BLANK, (270, 100, 330, 180)),
+                                                          Glyph(BLANK, (330, 100, 390, 180))))
+    number = pages[0].numbers[0]
+    pages = [Page(0, (Number(number.glyphs + (touching,), (10, 100, 390, 180), 0),))]
+    rows = [np.full(11, 0.001, np.float32) for _ in range(3)]
+    rows[0][10], rows[1][8], rows[2][6] = 0.99, 0.99, 0.99
+    assert numbers_read(pages, np.concatenate([probabilities, np.stack(rows)])) == [("086", False)]

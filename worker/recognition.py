@@ -107,8 +107,11 @@ def read(pages: list, probabilities: np.ndarray, *, source: str, model: str | No
                 read_as = protocol.digit_details(probabilities[offset:offset + count],
                                                  [glyph.box] + [piece.box for piece in glyph.pieces], page=page.index)
                 offset += count
-                wholes.append((read_as[0], _printed_marks(read_as[0], read_as[1:])))
-                details.extend(_reading(read_as[0], read_as[1:]))
+                reading = _reading(read_as[0], read_as[1:])
+                # A mark that stands as the digits it was cut into is handwriting, whatever it was whole.
+                cut = reading[0] is not read_as[0]
+                wholes.append((read_as[0], 0 if cut else _printed_marks(read_as[0], read_as[1:])))
+                details.extend(reading)
             found.append((number.line, wholes, details))
         numbers = []
         # Printed words are judged whole (a word cut into pieces can look like weak digits), by text line,
