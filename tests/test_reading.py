@@ -103,3 +103,17 @@ def test_touching_handwritten_digits_the_model_rejects_whole_are_not_printed_wor
     rows = [np.full(11, 0.001, np.float32) for _ in range(3)]
     rows[0][10], rows[1][8], rows[2][6] = 0.99, 0.99, 0.99
     assert numbers_read(pages, np.concatenate([probabilities, np.stack(rows)])) == [("086", False)]
+
+
+def test_marks_that_merged_only_on_the_reduced_page_stand_as_their_digits():
+    # A 1 and a 4 written close: one mark on the reduced page, read whole as a sure 4, but its pieces have
+    # paper between them at full size and are each a sure digit.
+    def merged(gap: int) -> tuple[list[Page], np.ndarray]:
+        whole = Glyph(BLANK, (100, 100, 190, 180), pieces=(Glyph(BLANK, (100, 100, 120, 180)),
+                                                           Glyph(BLANK, (120 + gap, 100, 190, 180))))
+        rows = [np.full(11, 0.001, np.float32) for _ in range(3)]
+        rows[0][4], rows[1][1], rows[2][4] = 0.99, 0.99, 0.99
+        return [Page(0, (Number((whole,), whole.box, 0),))], np.stack(rows)
+
+    assert numbers_read(*merged(gap=6)) == [("14", False)]
+    assert numbers_read(*merged(gap=0)) == [("4", False)]  # cut through ink: the whole, read surely, stands

@@ -190,7 +190,15 @@ def _reading(whole: dict[str, Any], pieces: list[dict[str, Any]]) -> list[dict[s
     counted = [piece for piece in pieces if not (_rejected(piece) and _flat(piece, whole))]
     if not counted or (_rejected(whole) and min(piece["confidence"] for piece in counted) < CUT_SURE):
         return [whole]  # a mark the model rejects is taken apart only into digits it is sure of
+    if _apart(pieces) and min(map(sureness, pieces)) >= CUT_SURE:
+        return pieces  # paper between them at full size: marks that merged only on the reduced page
     return pieces if prior * min(map(sureness, counted)) > sureness(whole) else [whole]
+
+
+def _apart(pieces: list[dict[str, Any]]) -> bool:
+    """Whether paper separates each piece from the next: their boxes, tight on their ink at full size, leave
+    a column free between them."""
+    return all(left["box"][2] < right["box"][0] for left, right in zip(pieces, pieces[1:]))
 
 
 def sha256_of(data: bytes) -> str:
