@@ -258,6 +258,19 @@ def test_generated_numbers_give_as_many_glyphs_as_digits():
             assert lefts == sorted(lefts)
 
 
+def test_digits_merged_only_on_the_reduced_page_come_with_their_parts():
+    # A 1 written 6 px from a 7 on a large page: one mark once the page is reduced for the search, two
+    # marks with paper between them at full size, handed to the model as pieces too.
+    page = paper(1400, 1000)
+    seven = draw_seven(page, 700, 400, height=120)
+    ImageDraw.Draw(page).line([(seven[0] - 14, 400), (seven[0] - 14, 520)], fill=30, width=12)
+    glyphs = only_glyphs(normalise(encoded(page)))
+    merged = [glyph for glyph in glyphs if glyph.box[0] < seven[0] - 14 < glyph.box[2]]
+    assert len(merged) == 1 and len(merged[0].pieces) == 2, [(g.box, [p.box for p in g.pieces]) for g in glyphs]
+    one, seven_piece = merged[0].pieces
+    assert one.box[2] < seven_piece.box[0] and abs(seven_piece.box[2] - seven[2]) <= 10
+
+
 def test_broken_strokes_of_one_digit_stay_one_digit():
     page = paper(400, 260)
     draw = ImageDraw.Draw(page)

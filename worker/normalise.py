@@ -75,6 +75,7 @@ STACKED = 0.25  # marks overlapping horizontally this close vertically (share of
 SAME_LINE = 0.5  # marks overlapping vertically by this share of the shorter are on one text line
 NUMBER_GAP = 1.5  # a gap wider than this share of the line's digit height ends a number
 WIDE = 1.0  # a glyph at least as wide as tall may hold touching digits: it also comes cut, for the model to judge
+APART_HEIGHT = 0.6  # ... and one whose ink paper divides at full size into parts this share of its height
 _EIGHT_NEIGHBOURS = np.ones((3, 3), bool)  # diagonal steps join a stroke, as a pen draws them
 
 
@@ -328,7 +329,7 @@ def _find_numbers(page_image: Image.Image, scale: float) -> tuple[Number, ...]:
                 continue
             pieces = [_glyph(page_image, analysis, group, box, scale, piece=True)
                       for box in analysis.pieces.get(group, [])]
-            if pieces and all(piece is not None for piece in pieces):
+            if not glyph.pieces and pieces and all(piece is not None for piece in pieces):
                 glyph = Glyph(glyph.image, glyph.box, tuple(pieces))
             glyphs.append(glyph)
         if glyphs:
@@ -800,11 +801,35 @@ def _glyph(page_image: Image.Image, analysis: _Analysis, number: int, box: tuple
         return None
     top, bottom = int(used_rows[0]), int(used_rows[-1]) + 1
     left, right = int(used_cols[0]), int(used_cols[-1]) + 1
-    width, height = page_image.size
-    page_box = (round((origin[0] + left * step) * scale), round((origin[1] + top * step) * scale),
-                round(min(width, origin[0] + right * step) * scale),
-                round(min(height, origin[1] + bottom * step) * scale))
-    return Glyph(fit(values[top:bottom, left:right]), page_box)
+
+    def glyph(top: int, bottom: int, left: int, right: int, pieces: tuple[Glyph, ...] = ()) -> Glyph:
+        width, height = page_image.size
+        page_box = (round((origin[0] + left * step) * scale), round((origin[1] + top * step) * scale),
+                    round(min(width, origin[0] + right * step) * scale),
+                    round(min(height, origin[1] + bottom * step) * scale))
+        return Glyph(fit(values[top:bottom, left:right]), page_box, pieces)
+
+    apart = [] if piece else _apart(values[top:bottom, left:right])
+    pieces = []
+    for start, stop in apart:
+        rows = np.flatnonzero(values[top:bottom, left + start:left + stop].any(axis=1))
+        pieces.append(glyph(top + int(rows[0]), top + int(rows[-1]) + 1, left + start, left + stop))
+    return glyph(top, bottom, left, right, tuple(pieces))
+
+
+def _apart(values: np.ndarray) -> list[tuple[int, int]]:
+    """Column spans of a mark's ink that paper separates at full size, when each is as tall as a digit of
+    the mark (a 1 written close beside a 4 merges with it on the reduced page); else none."""
+    inked = values.any(axis=0)
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], inked.astype(np.int8), [0]))))
+    spans = list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+    if len(spans) < 2:
+        return []
+    for start, stop in spans:
+        rows = np.flatnonzero(values[:, start:stop].any(axis=1))
+        if rows[-1] - rows[0] + 1 < APART_HEIGHT * values.shape[0]:
+            return []  # a 5's flag, a dot, a broken stroke: parts of one digit
+    return spans
 
 
 def _fine_signal(page_image: Image.Image, analysis: _Analysis, member: np.ndarray,
