@@ -117,3 +117,13 @@ def test_marks_that_merged_only_on_the_reduced_page_stand_as_their_digits():
 
     assert numbers_read(*merged(gap=6)) == [("14", False)]
     assert numbers_read(*merged(gap=0)) == [("4", False)]  # cut through ink: the whole, read surely, stands
+
+
+def test_handwriting_not_much_taller_than_a_large_label_is_read_when_it_leaves_the_labels_rows():
+    # "Account No." printed 48 px tall, and a handwritten 7346 only 1.4 times that, written in a box
+    # beside it from a third of the label's height above it: not the label's printed figures.
+    label = letters(10, 120, 4, height=48, width=30)
+    written = [(digit, (300 + i * 60, 100, 350 + i * 60, 168)) for i, digit in enumerate("7346")]
+    assert numbers_read(*page_of((0, label), (0, written))) == [("7346", False)]
+    in_rows = [(digit, (300 + i * 40, 120, 330 + i * 40, 168)) for i, digit in enumerate("7346")]
+    assert numbers_read(*page_of((0, label), (0, in_rows))) == []  # figures within the label's rows: printed

@@ -86,6 +86,7 @@ def finish(pending: Pending, *, source: str, sha256: str, worker: str, job: str 
 
 TEXT_MARKS = 2  # printed characters the model rejects on a text line (or a page): it holds printed words
 TEXT_HEIGHT = 1.5  # digits no taller than this times the median printed mark beside them are printed figures
+BAND_SLACK = 0.35  # ... when they keep within the rows of those marks, give or take this share of their height
 PRIOR_SPAN = 0.2  # marks this much wider than tall (and more) are as likely two digits as one
 CUT_SURE = 0.8  # a rejected mark stands as its pieces only when each is a digit this likely
 FLAT = 0.3  # a piece no taller than this share of its mark (and twice as long as high) is flat
@@ -116,11 +117,11 @@ def read(pages: list, probabilities: np.ndarray, *, source: str, model: str | No
         numbers = []
         # Printed words are judged whole (a word cut into pieces can look like weak digits), by text line,
         # and where a line holds no words, by the printed text of the whole page.
-        page_text = _text_height([whole for _, wholes, _ in found for whole in wholes])
+        page_text = _printed_text([whole for _, wholes, _ in found for whole in wholes], band=False)
         for line, _, details in found:
             on_line = [whole for other, wholes, _ in found if other == line for whole in wholes]
-            text_height = _text_height(on_line) or page_text
-            number = protocol.number_result(_without_printed(details, text_height), review_below=review_below)
+            text = _printed_text(on_line, band=True) or page_text
+            number = protocol.number_result(_without_printed(details, text), review_below=review_below)
             if number is not None:
                 numbers.append(number)
         results.append(protocol.page_result(page.index, numbers))
@@ -149,21 +150,33 @@ def _printed_marks(whole: dict[str, Any], pieces: list[dict[str, Any]]) -> int:
     return max(1, sum(_rejected(piece) and not _flat(piece, whole) for piece in pieces))
 
 
-def _text_height(line: list[tuple[dict[str, Any], int]]) -> float:
-    """How tall the figures of printed text on this line would be (0 when the line holds no printed words):
-    the marks the model rejects there, read whole, when they hold a word's worth of characters."""
+def _printed_text(line: list[tuple[dict[str, Any], int]], *, band: bool) -> tuple[float, float, float] | None:
+    """Where the figures of printed text on this line would be (None when it holds no printed words): no
+    taller than TEXT_HEIGHT times the marks the model rejects there, read whole, when they hold a word's
+    worth of characters; and with `band`, within the rows those words take (a little more), as print
+    keeps to its line. (height, top, bottom)."""
     words = [whole for whole, characters in line if characters]
     if sum(characters for _, characters in line) < TEXT_MARKS:
-        return 0.0
-    return TEXT_HEIGHT * float(np.median([_height(whole) for whole in words]))
+        return None
+    height = float(np.median([_height(whole) for whole in words]))
+    if not band:
+        return TEXT_HEIGHT * height, -np.inf, np.inf
+    slack = BAND_SLACK * height
+    return (TEXT_HEIGHT * height, min(whole["box"][1] for whole in words) - slack,
+            max(whole["box"][3] for whole in words) + slack)
 
 
-def _without_printed(details: list[dict[str, Any]], text_height: float) -> list[dict[str, Any]]:
+def _without_printed(details: list[dict[str, Any]], text: tuple[float, float, float] | None) -> list[dict[str, Any]]:
     """Leave out the figures of printed text (a form's "No. 600", a date in a letterhead): digits no taller
-    than the printed words on their line make them. Handwriting beside a printed label is larger than the
-    label's print; a lone rejected mark inside handwriting (a stroke joined to a line) leaves its number
-    alone, flagged for review (protocol.number_result)."""
-    return [detail for detail in details if _rejected(detail) or _height(detail) > text_height]
+    than the printed words on their line, and within their rows, make them. Handwriting beside a printed
+    label is larger than the label's print, and reaches above or below it; a lone rejected mark inside
+    handwriting (a stroke joined to a line) leaves its number alone, flagged for review
+    (protocol.number_result)."""
+    if text is None:
+        return details
+    height, top, bottom = text
+    return [detail for detail in details if _rejected(detail) or _height(detail) > height
+            or detail["box"][1] < top or detail["box"][3] > bottom]
 
 
 def images_of(pages: list) -> list[np.ndarray]:
