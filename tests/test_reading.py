@@ -127,3 +127,14 @@ def test_handwriting_not_much_taller_than_a_large_label_is_read_when_it_leaves_t
     assert numbers_read(*page_of((0, label), (0, written))) == [("7346", False)]
     in_rows = [(digit, (300 + i * 40, 120, 330 + i * 40, 168)) for i, digit in enumerate("7346")]
     assert numbers_read(*page_of((0, label), (0, in_rows))) == []  # figures within the label's rows: printed
+
+
+def test_a_small_mark_at_a_numbers_end_is_not_one_of_its_digits():
+    # The "e" of a label ("Balance:"), its other letters too small to be looked at, read as an 8 next to
+    # a handwritten 104 in a box; and a full stop after it. A digit half the height of its neighbours
+    # is not handwriting.
+    marks = [("8", (255, 285, 274, 315)), ("1", (366, 244, 406, 318)), ("0", (420, 246, 504, 324)),
+             ("4", (512, 254, 564, 324)), ("1", (575, 310, 585, 322))]
+    assert numbers_read(*page_of((0, marks))) == [("104", False)]
+    mixed = [("1", (0, 100, 20, 170)), ("7", (30, 100, 80, 170)), ("0", (90, 125, 130, 170))]
+    assert numbers_read(*page_of((0, mixed))) == [("170", False)]  # a short 0, still two thirds as tall
