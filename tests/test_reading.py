@@ -129,7 +129,7 @@ def test_handwriting_not_much_taller_than_a_large_label_is_read_when_it_leaves_t
     assert numbers_read(*page_of((0, label), (0, in_rows))) == []  # figures within the label's rows: printed
 
 
-def test_a_small_mark_at_a_numbers_end_is_not_one_of_its_digits():
+def test_a_much_smaller_or_taller_mark_at_a_numbers_end_is_not_one_of_its_digits():
     # The "e" of a label ("Balance:"), its other letters too small to be looked at, read as an 8 next to
     # a handwritten 104 in a box; and a full stop after it. A digit half the height of its neighbours
     # is not handwriting.
@@ -138,3 +138,5 @@ def test_a_small_mark_at_a_numbers_end_is_not_one_of_its_digits():
     assert numbers_read(*page_of((0, marks))) == [("104", False)]
     mixed = [("1", (0, 100, 20, 170)), ("7", (30, 100, 80, 170)), ("0", (90, 125, 130, 170))]
     assert numbers_read(*page_of((0, mixed))) == [("170", False)]  # a short 0, still two thirds as tall
+    side = [("5", (0, 100, 50, 190)), ("1", (60, 105, 80, 187)), ("7", (100, 40, 112, 201))]
+    assert numbers_read(*page_of((0, side))) == [("51", False)]  # a box's side, twice their height

@@ -87,6 +87,7 @@ def finish(pending: Pending, *, source: str, sha256: str, worker: str, job: str 
 TEXT_MARKS = 2  # printed characters the model rejects on a text line (or a page): it holds printed words
 TEXT_HEIGHT = 1.5  # digits no taller than this times the median printed mark beside them are printed figures
 SMALL = 0.5  # a mark at a number's end under this share of the height of its digits is not one of them
+TALL = 1.6  # ... nor one over this many times their height (a box's side, a margin)
 BAND_SLACK = 0.35  # ... when they keep within the rows of those marks, give or take this share of their height
 PRIOR_SPAN = 0.2  # marks this much wider than tall (and more) are as likely two digits as one
 CUT_SURE = 0.8  # a rejected mark stands as its pieces only when each is a digit this likely
@@ -122,7 +123,7 @@ def read(pages: list, probabilities: np.ndarray, *, source: str, model: str | No
         for line, _, details in found:
             on_line = [whole for other, wholes, _ in found if other == line for whole in wholes]
             text = _printed_text(on_line, band=True) or page_text
-            number = protocol.number_result(_without_small_ends(_without_printed(details, text)),
+            number = protocol.number_result(_without_stray_ends(_without_printed(details, text)),
                                             review_below=review_below)
             if number is not None:
                 numbers.append(number)
@@ -181,22 +182,25 @@ def _without_printed(details: list[dict[str, Any]], text: tuple[float, float, fl
             or detail["box"][1] < top or detail["box"][3] > bottom]
 
 
-def _without_small_ends(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Leave out marks at either end of a number under SMALL times the height of its digits: the last
-    letter of a printed label, a full stop, a speck; a handwritten digit is not that much smaller than
-    the digits beside it."""
+def _without_stray_ends(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Leave out marks at either end of a number under SMALL or over TALL times the height of its digits:
+    the last letter of a printed label, a full stop, a speck, a box's side; a handwritten digit is not
+    that much smaller or taller than the digits beside it."""
     digits = [detail for detail in details if not _rejected(detail)]
     if len(digits) < 3:
         return details
-    limit = SMALL * float(np.median([_height(detail) for detail in digits]))
+    median = float(np.median([_height(detail) for detail in digits]))
+
+    def odd(detail: dict[str, Any]) -> bool:
+        return _rejected(detail) or not SMALL * median <= _height(detail) <= TALL * median
+
     start, stop = 0, len(details)
-    while start < stop and (_rejected(details[start]) or _height(details[start]) < limit):
+    while start < stop and odd(details[start]):
         start += 1
-    while stop > start and (_rejected(details[stop - 1]) or _height(details[stop - 1]) < limit):
+    while stop > start and odd(details[stop - 1]):
         stop -= 1
-    small = [detail for detail in details[:start] + details[stop:] if not _rejected(detail)
-             and _height(detail) < limit]
-    return [detail for detail in details if not any(detail is other for other in small)]
+    stray = [detail for detail in details[:start] + details[stop:] if not _rejected(detail) and odd(detail)]
+    return [detail for detail in details if not any(detail is other for other in stray)]
 
 
 def images_of(pages: list) -> list[np.ndarray]:
