@@ -398,13 +398,14 @@ def _paper(page: Image.Image, *, dark_ink: bool) -> np.ndarray:
     cell = max(1, math.ceil(max(height, width) / BACKGROUND_CELLS))
     cells = page.reduce(cell) if cell > 1 else page
     # A cell crossed by a stroke reads darker (lighter, for light ink) than paper; the palest cell
-    # around it is paper.
-    palest, darkest = ImageFilter.MaxFilter(5), ImageFilter.MinFilter(5)
-    if not dark_ink:
-        palest, darkest = darkest, palest
-    # The palest around it overstates the paper where the light falls off (at a shadow's edge, by two
-    # cells' worth of the slope), so the darkest of those is taken back: a closing, which follows a
-    # gradient and fills only what is narrower than five cells, the strokes.
+    # within three cells is paper. That overstates the paper where the light falls off (at a shadow's
+    # edge, by three cells' worth of the slope), so the darkest of those within three cells is taken
+    # back: a closing, which follows a gradient and fills what is narrower than seven cells (a thick
+    # digit's strokes and loops on a small page too, whose darkness would otherwise spread around it).
+    if dark_ink:
+        palest, darkest = ImageFilter.MaxFilter(7), ImageFilter.MinFilter(7)
+    else:
+        palest, darkest = ImageFilter.MinFilter(7), ImageFilter.MaxFilter(7)
     paper = cells.filter(palest).filter(darkest).filter(ImageFilter.BoxBlur(1))
     # Steps of a cell are a level or two at most after the blur, so each cell's level is repeated
     # over its pixels (nearest neighbour: a tenth of the cost of a smooth resize).
