@@ -44,3 +44,31 @@ def test_the_held_tags_are_those_of_every_request_celery_keeps(monkeypatch):
                 "c": SimpleNamespace()}  # no message (a request made in-process): nothing to refresh
     monkeypatch.setattr(state, "requests", requests)
     assert sorted(heartbeat.held_delivery_tags()) == ["tag-a", "tag-b"]
+
+
+def test_after_redis_comes_back_the_held_jobs_are_refreshed_at_once_not_a_beat_later(monkeypatch):
+    """Jobs held through an outage were not refreshed for its length: the first beat after it must come
+    before another worker's sweep (every few seconds) finds them stale and hands them out twice."""
+    import redis
+
+    class FrozenRedis:
+        def __init__(self):
+            self.down, self.refreshed = True, []
+
+        def zadd(self, key, mapping, xx=False):
+            if self.down:
+                raise redis.exceptions.ConnectionError("Redis is frozen")
+            self.refreshed.append(time.monotonic())
+
+    monkeypatch.setattr(heartbeat, "held_delivery_tags", lambda: ["held"])
+    client = FrozenRedis()
+    beat = heartbeat.Heartbeat(client, interval=2.0).start()
+    try:
+        time.sleep(2.6)  # the first beat, at 2 s, finds Redis away
+        client.down = False
+        back = time.monotonic()
+        while not client.refreshed and time.monotonic() < back + 3.0:
+            time.sleep(0.05)
+        assert client.refreshed and client.refreshed[0] - back <= 1.0, (back, client.refreshed)
+    finally:
+        beat.stop()

@@ -20,6 +20,8 @@ from core import protocol
 
 log = logging.getLogger(__name__)
 
+RETRY_SECONDS = 0.5  # between tries while Redis does not answer
+
 
 def held_delivery_tags() -> list[str]:
     """Delivery tags of every job this worker process holds (Celery's own record of its requests)."""
@@ -57,14 +59,20 @@ class Heartbeat:
         self._stop.set()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        delay = self.interval
+        while not self._stop.wait(delay):
             try:
                 refresh(self.client, held_delivery_tags())
             except Exception as error:  # Redis away: the jobs stay held; say so once, not every beat
                 if not self._failing:
-                    log.warning("heartbeat on held jobs failed (%s); retrying every %.0f s", error, self.interval)
+                    log.warning("heartbeat on held jobs failed (%s); retrying until it works", error)
                 self._failing = True
+                # Tried again at once, not a beat later: when Redis comes back after an outage the held
+                # jobs have not been refreshed for that long, and another worker's sweep must not find
+                # them stale before this beat does.
+                delay = min(self.interval, RETRY_SECONDS)
             else:
                 if self._failing:
                     log.info("heartbeat on held jobs works again")
                 self._failing = False
+                delay = self.interval
