@@ -264,7 +264,7 @@ def _leave_sweep_lock(site: Site, client) -> None:
     from worker.celery_app import celery_config
 
     settings = Settings.load(environ=site._environment_of)
-    expire = celery_config(settings)["broker_transport_options"].get("unacked_mutex_expire", 300)
+    expire = celery_config(settings)["broker_transport_options"]["unacked_mutex_expire"]
     client.set(protocol.UNACKED_MUTEX_KEY, "left by worker1", ex=expire)
 
 

@@ -327,10 +327,11 @@ def _find_numbers(page_image: Image.Image, scale: float) -> tuple[Number, ...]:
             glyph = _glyph(page_image, analysis, group, analysis.boxes[group - 1], scale)
             if glyph is None:
                 continue
-            pieces = [_glyph(page_image, analysis, group, box, scale, piece=True)
-                      for box in analysis.pieces.get(group, [])]
-            if not glyph.pieces and pieces and all(piece is not None for piece in pieces):
-                glyph = Glyph(glyph.image, glyph.box, tuple(pieces))
+            if not glyph.pieces:  # parts apart at full size stand for its cut pieces
+                pieces = [_glyph(page_image, analysis, group, box, scale, piece=True)
+                          for box in analysis.pieces.get(group, [])]
+                if pieces and all(piece is not None for piece in pieces):
+                    glyph = Glyph(glyph.image, glyph.box, tuple(pieces))
             glyphs.append(glyph)
         if glyphs:
             box = (min(g.box[0] for g in glyphs), min(g.box[1] for g in glyphs),
@@ -811,25 +812,24 @@ def _glyph(page_image: Image.Image, analysis: _Analysis, number: int, box: tuple
         return Glyph(fit(values[top:bottom, left:right]), page_box, pieces)
 
     apart = [] if piece else _apart(values[top:bottom, left:right])
-    pieces = []
-    for start, stop in apart:
-        rows = np.flatnonzero(values[top:bottom, left + start:left + stop].any(axis=1))
-        pieces.append(glyph(top + int(rows[0]), top + int(rows[-1]) + 1, left + start, left + stop))
-    return glyph(top, bottom, left, right, tuple(pieces))
+    pieces = tuple(glyph(top + upper, top + lower, left + start, left + stop) for start, stop, upper, lower in apart)
+    return glyph(top, bottom, left, right, pieces)
 
 
-def _apart(values: np.ndarray) -> list[tuple[int, int]]:
+def _apart(values: np.ndarray) -> list[tuple[int, int, int, int]]:
     """Column spans of a mark's ink that paper separates at full size, when each is as tall as a digit of
-    the mark (a 1 written close beside a 4 merges with it on the reduced page); else none."""
+    the mark (a 1 written close beside a 4 merges with it on the reduced page), with the rows each inks:
+    (start, stop, top, bottom); else none."""
     inked = values.any(axis=0)
     edges = np.flatnonzero(np.diff(np.concatenate(([0], inked.astype(np.int8), [0]))))
-    spans = list(zip(edges[::2].tolist(), edges[1::2].tolist()))
-    if len(spans) < 2:
+    if edges.size < 4:
         return []
-    for start, stop in spans:
+    spans = []
+    for start, stop in zip(edges[::2].tolist(), edges[1::2].tolist()):
         rows = np.flatnonzero(values[:, start:stop].any(axis=1))
         if rows[-1] - rows[0] + 1 < APART_HEIGHT * values.shape[0]:
             return []  # a 5's flag, a dot, a broken stroke: parts of one digit
+        spans.append((start, stop, int(rows[0]), int(rows[-1]) + 1))
     return spans
 
 

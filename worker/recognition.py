@@ -199,8 +199,8 @@ def _without_stray_ends(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
         start += 1
     while stop > start and odd(details[stop - 1]):
         stop -= 1
-    stray = [detail for detail in details[:start] + details[stop:] if not _rejected(detail) and odd(detail)]
-    return [detail for detail in details if not any(detail is other for other in stray)]
+    # Rejected marks outside stay: they leave the number in protocol.number_result, which flags it when due.
+    return [detail for index, detail in enumerate(details) if start <= index < stop or _rejected(detail)]
 
 
 def images_of(pages: list) -> list[np.ndarray]:
