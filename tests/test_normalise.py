@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 import pytest
 from conftest import PROJECT_ROOT
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from core.errors import (
     BadInput,
@@ -430,3 +430,30 @@ def test_a_page_of_hundreds_of_marks_is_refused_not_read_as_a_number():
 def test_normalise_needs_no_tensorflow():
     code = "import sys, worker.normalise; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT).returncode == 0
+
+
+def test_long_strokes_of_digits_on_a_form_with_small_print_are_not_lines():
+    # A form whose title and labels are printed small, letter by letter: they outnumber the handwritten
+    # digits, but the 1s' stems and the digits' feet side by side are not ruled lines or box sides.
+    from trainer.negatives import font_files
+
+    page = paper(850, 520, level=225)
+    draw = ImageDraw.Draw(page)
+    font = ImageFont.truetype(str(font_files()[0]), 36)
+    for top, text in ((30, "RECEIVED balance form No. 986"), (280, "Office:"), (450, "Amount:")):
+        for index, character in enumerate(text):
+            draw.text((40 + index * 26, top), character, fill=30, font=font)
+    draw.rectangle((270, 220, 800, 390), outline=30, width=3)
+    boxes = []
+    for left in (320, 400, 480, 560):  # 7 1 7 1, their feet on one row
+        if left in (400, 560):
+            draw.line([(left + 20, 250), (left + 20, 340)], fill=20, width=11)
+            boxes.append((left + 14, 250, left + 26, 340))
+        else:
+            boxes.append(draw_seven(page, left, 250, height=90, ink=20))
+    scan = encoded(page.filter(ImageFilter.GaussianBlur(1.5)), "JPEG", quality=85)
+    glyphs = [glyph for number in normalise(scan)[0].numbers for glyph in number.glyphs
+              if glyph.box[1] > 200 and glyph.box[0] > 290]
+    assert len(glyphs) == 4
+    for glyph, (_, top, _, bottom) in zip(glyphs, boxes):
+        assert abs(glyph.box[1] - top) <= 8 and abs(glyph.box[3] - bottom) <= 8, (glyph.box, top, bottom)

@@ -140,3 +140,14 @@ def test_a_much_smaller_or_taller_mark_at_a_numbers_end_is_not_one_of_its_digits
     assert numbers_read(*page_of((0, mixed))) == [("170", False)]  # a short 0, still two thirds as tall
     side = [("5", (0, 100, 50, 190)), ("1", (60, 105, 80, 187)), ("7", (100, 40, 112, 201))]
     assert numbers_read(*page_of((0, side))) == [("51", False)]  # a box's side, twice their height
+
+
+def test_handwriting_on_a_line_without_words_is_kept_whole_when_some_digits_are_small():
+    # A form's title and a label below the box ("Formy: ____") in print 45 px tall, alone on their lines;
+    # the handwritten 0149 in the box has a 0 and a 1 no taller than that print would allow for figures,
+    # beside a 4 and a 9 that are taller: all four are handwriting.
+    title = letters(10, 10, 8, height=45)
+    label = letters(10, 600, 5, height=45)
+    written = [("0", (300, 400, 370, 464)), ("1", (388, 388, 402, 454)), ("4", (421, 384, 489, 462)),
+               ("9", (503, 398, 549, 468))]
+    assert numbers_read(*page_of((0, title), (1, written), (2, label))) == [("0149", False)]

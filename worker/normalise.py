@@ -63,9 +63,11 @@ EDGE_BAND = 3  # ink lying wholly within this many pixels of an edge (at analysi
 FRAGMENT = 0.7  # a piece less tall than this share of the typical digit is part of a neighbour
 JOIN_GAP = 0.4  # ... when it lies within this share of the typical digit height of it
 OVERLAP = 0.3  # components overlapping horizontally by this share of the narrower are one digit
+TYPICAL_RANK = 0.75  # the typical digit height is the height at this rank among the marks (0: the lowest)
 LINE_RUN = 2.5  # ink running straight for this many typical digit heights is a ruled line or a box side
 SIDE_RUN = 0.9  # ... and so is a vertical run this long that joins a line at both of its ends
 MIN_FILL = 0.08  # a character's ink fills at least this share of its box (a frame's far less)
+BARE_END = 2  # a line goes on at least this many pixels (at analysis size) past the writing at one end
 REMNANT = 3  # a sliver of a taken-out line is at most this many pixels thick (at analysis size)
 FAINT = 0.75  # lines are looked for in ink above this share of the ink threshold (thin lines reduce faint)
 FAINT_REACH = 1  # ... within this many pixels of ink
@@ -605,12 +607,19 @@ def _take_out_lines(mask: np.ndarray, labels: np.ndarray, count: int, *, min_hei
     # have no such rows or columns, and skip the search.
     # A thin line comes through the reduction faint, and the ink mask holds it only as dashes: lines are
     # looked for in the faint mask (FAINT of the ink threshold), and what is taken out is their ink.
+    across = along = nothing  # straight runs of faint ink: lines, and what may pass for them
     if _band_ink(faint, axis=1).max(initial=0) >= run:
         thick = faint | np.roll(faint, 1, axis=0) | np.roll(faint, -1, axis=0)
-        horizontal = _thin(_long_runs(thick, axis=1, length=run) & faint, axis=0, run=run) & mask
+        across = _long_runs(thick, axis=1, length=run) & faint
     if _band_ink(faint, axis=0).max(initial=0) >= run:
         thick = faint | np.roll(faint, 1, axis=1) | np.roll(faint, -1, axis=1)
-        vertical = _thin(_long_runs(thick, axis=0, length=run) & faint, axis=1, run=run) & mask
+        along = _long_runs(thick, axis=0, length=run) & faint
+    # A line's end may meet another (a box's corner, the page's edge): only other ink covers it.
+    reach = math.ceil(typical)
+    if across.any():
+        horizontal = _thin(across, axis=0, run=run, ink=mask & ~along, reach=reach) & mask
+    if along.any():
+        vertical = _thin(along, axis=1, run=run, ink=mask & ~across, reach=reach) & mask
     side = max(4, math.ceil(SIDE_RUN * typical))
     frame_rows, frame_columns = _frames(mask, labels, min_side=side)
     horizontal, vertical = horizontal | frame_rows, vertical | frame_columns
@@ -646,7 +655,9 @@ def _long_runs(mask: np.ndarray, *, axis: int, length: int) -> np.ndarray:
 
 
 def _typical_height(labels: np.ndarray, count: int, *, min_height: float, fallback: float) -> float:
-    """The median height of the marks shaped like characters (not lines, not frames, not dots)."""
+    """The height of the marks shaped like characters (not lines, not frames, not dots) at TYPICAL_RANK
+    among them: the handwriting's, not the smaller print of a form's title and labels around it, nor a
+    shadow's edge of a photo (a digit's long stroke is no line)."""
     if count == 0:
         return max(min_height, fallback)
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
@@ -656,13 +667,16 @@ def _typical_height(labels: np.ndarray, count: int, *, min_height: float, fallba
         if tall >= min_height and wide <= 2 * tall and tall <= 8 * wide and area >= MIN_FILL * tall * wide:
             marks.append((tall, area))
     largest = max((area for _, area in marks), default=0)
-    heights = [tall for tall, area in marks if area >= 0.1 * largest]
-    return float(statistics.median(heights)) if heights else max(min_height, fallback)
+    heights = sorted(tall for tall, area in marks if area >= 0.1 * largest)
+    return float(heights[int(TYPICAL_RANK * (len(heights) - 1))]) if heights else max(min_height, fallback)
 
 
-def _thin(found: np.ndarray, *, axis: int, run: int) -> np.ndarray:
+def _thin(found: np.ndarray, *, axis: int, run: int, ink: np.ndarray, reach: int) -> np.ndarray:
     """Of what a long opening kept, only thin strokes: a line is far longer than it is thick (a thick
-    stroke of a digit, or a blob, is not)."""
+    stroke of a digit, or a blob, is not), and goes on bare at one end at least, beyond the `ink` within
+    `reach` of it: a ruled line, an underline or a margin reaches past the writing on it, where a long
+    stroke of a digit ends in its other strokes, and the faint edges of digits written close together,
+    joined along their feet, end under the first and the last of them. `axis` 0: horizontal runs."""
     if not found.any():
         return found
     labels, count = ndimage.label(found, structure=_EIGHT_NEIGHBOURS)
@@ -670,7 +684,15 @@ def _thin(found: np.ndarray, *, axis: int, run: int) -> np.ndarray:
     for number, (rows, cols) in enumerate(ndimage.find_objects(labels) or [], start=1):
         length = (cols.stop - cols.start) if axis == 0 else (rows.stop - rows.start)
         pixels = np.count_nonzero(labels[rows, cols] == number)
-        keep[number] = length >= run and pixels / length <= max(3.0, 0.12 * run)  # mean thickness
+        if length < run or pixels / length > max(3.0, 0.12 * run):  # mean thickness
+            continue
+        if axis == 0:
+            band = slice(max(0, rows.start - reach), rows.stop + reach)
+            covered = (ink[band, cols] & ~found[band, cols]).any(axis=0)
+        else:
+            band = slice(max(0, cols.start - reach), cols.stop + reach)
+            covered = (ink[rows, band] & ~found[rows, band]).any(axis=1)
+        keep[number] = not (covered[:BARE_END].all() and covered[-BARE_END:].all())
     return keep[labels]
 
 

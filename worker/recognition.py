@@ -172,12 +172,15 @@ def _printed_text(line: list[tuple[dict[str, Any], int]], *, band: bool) -> tupl
 def _without_printed(details: list[dict[str, Any]], text: tuple[float, float, float] | None) -> list[dict[str, Any]]:
     """Leave out the figures of printed text (a form's "No. 600", a date in a letterhead): digits no taller
     than the printed words on their line, and within their rows, make them. Handwriting beside a printed
-    label is larger than the label's print, and reaches above or below it; a lone rejected mark inside
-    handwriting (a stroke joined to a line) leaves its number alone, flagged for review
-    (protocol.number_result)."""
+    label is larger than the label's print, and reaches above or below it. On a line without words (judged
+    by the page's printed text), a number whose tallest digit passes for handwriting is handwriting whole:
+    handwritten digits differ in height, printed figures do not. A lone rejected mark inside handwriting (a
+    stroke joined to a line) leaves its number alone, flagged for review (protocol.number_result)."""
     if text is None:
         return details
     height, top, bottom = text
+    if top == -np.inf and any(not _rejected(detail) and _height(detail) > height for detail in details):
+        return details  # no words on its line: a number is print or handwriting whole, and print is even
     return [detail for detail in details if _rejected(detail) or _height(detail) > height
             or detail["box"][1] < top or detail["box"][3] > bottom]
 
