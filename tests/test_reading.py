@@ -151,3 +151,14 @@ def test_handwriting_on_a_line_without_words_is_kept_whole_when_some_digits_are_
     written = [("0", (300, 400, 370, 464)), ("1", (388, 388, 402, 454)), ("4", (421, 384, 489, 462)),
                ("9", (503, 398, 549, 468))]
     assert numbers_read(*page_of((0, title), (1, written), (2, label))) == [("0149", False)]
+
+
+@pytest.mark.parametrize("whole, expected", [(10, "31"), (8, "8")], ids=["rejected whole", "read whole"])
+def test_last_resort_pieces_stand_only_for_a_mark_rejected_whole(whole, expected):
+    # A mark wider than tall only at full size (a 3 and a 1 touching on a ruled line, or a broad 8), cut
+    # as a last resort: its pieces, each a sure digit, stand only when the model rejects it whole.
+    mark = Glyph(BLANK, (100, 100, 180, 166), pieces=(Glyph(BLANK, (100, 100, 140, 166)),
+                                                      Glyph(BLANK, (146, 100, 180, 166))), last_resort=True)
+    rows = [np.full(11, 0.001, np.float32) for _ in range(3)]
+    rows[0][whole], rows[1][3], rows[2][1] = 0.95, 0.99, 0.99
+    assert numbers_read([Page(0, (Number((mark,), mark.box, 0),))], np.stack(rows)) == [(expected, False)]

@@ -85,11 +85,13 @@ _EIGHT_NEIGHBOURS = np.ones((3, 3), bool)  # diagonal steps join a stroke, as a 
 class Glyph:
     """One mark: float32 (28, 28) in 0..1, white on black, and its box in the page's pixels. A mark wide enough
     to hold touching digits also comes cut where its ink is thinnest (`pieces`): the model's answers on the
-    whole and on the pieces decide which reading stands."""
+    whole and on the pieces decide which reading stands; `last_resort` pieces stand only for a mark the
+    model rejects whole."""
 
     image: np.ndarray
     box: tuple[int, int, int, int]
     pieces: tuple["Glyph", ...] = ()
+    last_resort: bool = False
 
 
 @dataclass(frozen=True)
@@ -330,16 +332,29 @@ def _find_numbers(page_image: Image.Image, scale: float) -> tuple[Number, ...]:
             if glyph is None:
                 continue
             if not glyph.pieces:  # parts apart at full size stand for its cut pieces
-                pieces = [_glyph(page_image, analysis, group, box, scale, piece=True)
-                          for box in analysis.pieces.get(group, [])]
+                boxes = analysis.pieces.get(group)
+                wide = [] if boxes else _wide_cuts(analysis, group, glyph.box)
+                pieces = [_glyph(page_image, analysis, group, box, scale, piece=True) for box in boxes or wide]
                 if pieces and all(piece is not None for piece in pieces):
-                    glyph = Glyph(glyph.image, glyph.box, tuple(pieces))
+                    glyph = Glyph(glyph.image, glyph.box, tuple(pieces), last_resort=bool(wide))
             glyphs.append(glyph)
         if glyphs:
             box = (min(g.box[0] for g in glyphs), min(g.box[1] for g in glyphs),
                    max(g.box[2] for g in glyphs), max(g.box[3] for g in glyphs))
             numbers.append(Number(tuple(glyphs), box, line))
     return tuple(numbers)
+
+
+def _wide_cuts(analysis: _Analysis, group: int, page_box: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
+    """Cut pieces (analysis boxes) of a glyph wide at full size, tight on its ink, that the reduced page
+    showed no wider than tall (a ruled line's remains under it, or a stroke's soft edge, made it taller):
+    a last resort, for touching digits the model rejects whole (a wide 8 or 0 is one digit)."""
+    width, height = page_box[2] - page_box[0], page_box[3] - page_box[1]
+    if width <= WIDE * height:
+        return []
+    left, top, right, bottom = box = analysis.boxes[group - 1]
+    parts = max(2, round(width / (0.8 * height)))
+    return _pieces(analysis.groups, group, [left + (right - left) * k // parts for k in range(1, parts)], box) or []
 
 
 def _analyse(page_image: Image.Image) -> _Analysis | None:

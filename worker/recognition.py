@@ -110,7 +110,7 @@ def read(pages: list, probabilities: np.ndarray, *, source: str, model: str | No
                 read_as = protocol.digit_details(probabilities[offset:offset + count],
                                                  [glyph.box] + [piece.box for piece in glyph.pieces], page=page.index)
                 offset += count
-                reading = _reading(read_as[0], read_as[1:])
+                reading = _reading(read_as[0], read_as[1:], last_resort=glyph.last_resort)
                 # A mark that stands as the digits it was cut into is handwriting, whatever it was whole.
                 cut = reading[0] is not read_as[0]
                 wholes.append((read_as[0], 0 if cut else _printed_marks(read_as[0], read_as[1:])))
@@ -212,10 +212,12 @@ def images_of(pages: list) -> list[np.ndarray]:
             for image in (glyph.image, *(piece.image for piece in glyph.pieces))]
 
 
-def _reading(whole: dict[str, Any], pieces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _reading(whole: dict[str, Any], pieces: list[dict[str, Any]], *, last_resort: bool = False
+             ) -> list[dict[str, Any]]:
     """A mark read whole, or as its pieces (touching digits) when the model is surer of every piece than of
     the whole, by a margin that shrinks as the mark gets wider and is gone once it is 1.2 times as wide as
-    tall: marks about as wide as tall are mostly one digit (a 0, a broad 2)."""
+    tall: marks about as wide as tall are mostly one digit (a 0, a broad 2). `last_resort` pieces (a mark
+    only wide at full size) stand only for a mark the model rejects whole."""
     if not pieces:
         return [whole]
 
@@ -228,8 +230,10 @@ def _reading(whole: dict[str, Any], pieces: list[dict[str, Any]]) -> list[dict[s
     # A flat piece the model rejects is what is left of a ruled line the writing sat on: it does not count
     # against the digits beside it (it leaves the number later, as any rejected mark does).
     counted = [piece for piece in pieces if not (_rejected(piece) and _flat(piece, whole))]
-    if not counted or (_rejected(whole) and min(piece["confidence"] for piece in counted) < CUT_SURE):
+    if not counted or ((_rejected(whole) or last_resort) and min(piece["confidence"] for piece in counted) < CUT_SURE):
         return [whole]  # a mark the model rejects is taken apart only into digits it is sure of
+    if last_resort:
+        return pieces if _rejected(whole) else [whole]
     if _apart(pieces) and min(map(sureness, pieces)) >= CUT_SURE:
         return pieces  # paper between them at full size: marks that merged only on the reduced page
     return pieces if prior * min(map(sureness, counted)) > sureness(whole) else [whole]
