@@ -349,12 +349,19 @@ def _wide_cuts(analysis: _Analysis, group: int, page_box: tuple[int, int, int, i
     """Cut pieces (analysis boxes) of a glyph wide at full size, tight on its ink, that the reduced page
     showed no wider than tall (a ruled line's remains under it, or a stroke's soft edge, made it taller):
     a last resort, for touching digits the model rejects whole (a wide 8 or 0 is one digit)."""
-    width, height = page_box[2] - page_box[0], page_box[3] - page_box[1]
-    if width <= WIDE * height:
+    left, _, right, _ = box = analysis.boxes[group - 1]
+    cuts = _cut_columns(left, right - left, page_box[2] - page_box[0], page_box[3] - page_box[1])
+    return (_pieces(analysis.groups, group, cuts, box) or []) if cuts else []
+
+
+def _cut_columns(left: int, span: int, wide: int, tall: int) -> list[int]:
+    """Columns that cut a mark spanning `span` columns from `left`, measured `wide` by `tall`, evenly into
+    the digits it may hold (handwritten digits are about 0.8 as wide as they are tall); none for a mark
+    no wider than WIDE times its height."""
+    if wide <= WIDE * tall:
         return []
-    left, top, right, bottom = box = analysis.boxes[group - 1]
-    parts = max(2, round(width / (0.8 * height)))
-    return _pieces(analysis.groups, group, [left + (right - left) * k // parts for k in range(1, parts)], box) or []
+    parts = max(2, round(wide / (0.8 * tall)))
+    return [left + span * k // parts for k in range(1, parts)]
 
 
 def _analyse(page_image: Image.Image) -> _Analysis | None:
@@ -552,11 +559,10 @@ def _group(labels: np.ndarray, count: int, strong: np.ndarray, *, min_height: fl
             number_of[[index + 1 for index in group[4:]]] = len(boxes) + 1
             boxes.append((int(group[0]), int(group[1]), int(group[2]) + 1, int(group[3]) + 1))
             numbers[-1][1].append(len(boxes))
-            if group[2] - group[0] + 1 > WIDE * (group[3] - group[1] + 1):
-                # Handwritten digits are about 0.8 as wide as they are tall.
-                parts = max(2, round((group[2] - group[0] + 1) / (0.8 * (group[3] - group[1] + 1))))
-                splits.append((len(boxes), [group[0] + (group[2] - group[0] + 1) * k // parts
-                                            for k in range(1, parts)]))
+            mark_wide, mark_tall = group[2] - group[0] + 1, group[3] - group[1] + 1
+            cuts = _cut_columns(group[0], mark_wide, mark_wide, mark_tall)
+            if cuts:
+                splits.append((len(boxes), cuts))
     grouped = number_of[labels]
     pieces = {}
     for group, cuts in splits:

@@ -230,10 +230,14 @@ def _reading(whole: dict[str, Any], pieces: list[dict[str, Any]], *, last_resort
     # A flat piece the model rejects is what is left of a ruled line the writing sat on: it does not count
     # against the digits beside it (it leaves the number later, as any rejected mark does).
     counted = [piece for piece in pieces if not (_rejected(piece) and _flat(piece, whole))]
-    if not counted or ((_rejected(whole) or last_resort) and min(piece["confidence"] for piece in counted) < CUT_SURE):
-        return [whole]  # a mark the model rejects is taken apart only into digits it is sure of
+    if not counted:
+        return [whole]
+    # A mark the model rejects is taken apart only into digits it is sure of.
+    sure = min(piece["confidence"] for piece in counted) >= CUT_SURE
     if last_resort:
-        return pieces if _rejected(whole) else [whole]
+        return pieces if _rejected(whole) and sure else [whole]
+    if _rejected(whole) and not sure:
+        return [whole]
     if _apart(pieces) and min(map(sureness, pieces)) >= CUT_SURE:
         return pieces  # paper between them at full size: marks that merged only on the reduced page
     return pieces if prior * min(map(sureness, counted)) > sureness(whole) else [whole]
