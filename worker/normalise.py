@@ -364,6 +364,21 @@ def _cut_columns(left: int, span: int, wide: int, tall: int) -> list[int]:
     return [left + span * k // parts for k in range(1, parts)]
 
 
+@dataclass(frozen=True)
+class _Marks:
+    """The connected components of an ink mask (8-neighbours): labels from 1, the box and area of each."""
+
+    labels: np.ndarray
+    count: int
+    slices: list[tuple[slice, slice]]
+    areas: np.ndarray
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> _Marks:
+        labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
+        return cls(labels, count, ndimage.find_objects(labels), np.bincount(labels.ravel(), minlength=count + 1)[1:])
+
+
 def _analyse(page_image: Image.Image) -> _Analysis | None:
     width, height = page_image.size
     factor = max(1, math.ceil(math.sqrt(width * height / ANALYSIS_PIXELS)))
@@ -382,17 +397,15 @@ def _analyse(page_image: Image.Image) -> _Analysis | None:
     mask = signal > low
     _clear_borders(mask)
     min_height = max(MIN_SIDE, MIN_GLYPH * min(width, height)) / factor
-    labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
-    # Fainter ink next to ink: a thin line's dashes joined, not a shadow's edge across the page.
-    faint = mask | ((signal > FAINT * low) & ndimage.binary_dilation(mask, iterations=FAINT_REACH))
-    lines = _take_out_lines(mask, labels, count, min_height=min_height, faint=faint)
+    marks = _Marks.of(mask)
+    lines = _take_out_lines(mask, marks, min_height=min_height, signal=signal, low=low)
     if lines.any():  # the mask lost its lines: its components changed
-        labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
-        remnants = _line_remnants(labels, lines)
+        marks = _Marks.of(mask)
+        remnants = _line_remnants(marks, lines)
         if remnants.any():
             mask &= ~remnants
-            labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
-    groups, boxes, numbers, pieces = _group(labels, count, signal > high, min_height=min_height)
+            marks = _Marks.of(mask)
+    groups, boxes, numbers, pieces = _group(marks, signal > high, min_height=min_height)
     if not boxes:
         return None
     return _Analysis(factor, dark_ink, paper, signal, groups, boxes, numbers, pieces, lines, sigma)
@@ -501,19 +514,18 @@ def _clear_borders(mask: np.ndarray) -> None:
             mask[rows, columns] &= ~member
 
 
-def _group(labels: np.ndarray, count: int, strong: np.ndarray, *, min_height: float
+def _group(marks: _Marks, strong: np.ndarray, *, min_height: float
            ) -> tuple[np.ndarray, list[tuple[int, int, int, int]], list[tuple[int, list[int]]], dict]:
     """Connected ink (8-neighbours), less dust and faint marks, in text lines, merged where it overlaps
     horizontally: the group number (from 1) of each pixel, 0 for paper, each group's box, and the text line
     and groups of each number, all in reading order."""
+    labels, count, area = marks.labels, marks.count, marks.areas
     height, width = labels.shape
     if count == 0:
         return labels, [], [], {}
-    slices = ndimage.find_objects(labels)
     flat = labels.ravel()
-    area = np.bincount(flat, minlength=count + 1)[1:]
     has_strong = np.bincount(flat[strong.ravel()], minlength=count + 1)[1:] > 0
-    spans = np.array([(rows.start, rows.stop, cols.start, cols.stop) for rows, cols in slices])
+    spans = np.array([(rows.start, rows.stop, cols.start, cols.stop) for rows, cols in marks.slices])
     top, bottom, left, right = spans[:, 0], spans[:, 1] - 1, spans[:, 2], spans[:, 3] - 1
     tall, wide = bottom - top + 1, right - left + 1
     keep = has_strong
@@ -615,24 +627,29 @@ def _pieces(grouped: np.ndarray, group: int, cuts: list[int], box: tuple[int, in
     return found
 
 
-def _take_out_lines(mask: np.ndarray, labels: np.ndarray, count: int, *, min_height: float,
-                    faint: np.ndarray) -> np.ndarray:
+def _take_out_lines(mask: np.ndarray, marks: _Marks, *, min_height: float, signal: np.ndarray,
+                    low: float) -> np.ndarray:
     """Remove ruled lines, underlines and box sides from the ink mask (in place), keeping the pixels where a
-    stroke crosses them; returns what was taken out. `labels` are the mask's components."""
+    stroke crosses them; returns what was taken out. `marks` are the mask's components, `signal` the ink
+    level it was cut from at `low`."""
     nothing = np.zeros_like(mask)
-    typical = _typical_height(labels, count, min_height=min_height, fallback=mask.shape[0] / 4)
+    typical = _typical_height(marks, min_height=min_height, fallback=mask.shape[0] / 4)
     run = max(6, math.ceil(LINE_RUN * typical))
+    # A thin line comes through the reduction faint, and the ink mask holds it only as dashes: lines are
+    # looked for in the faint mask (FAINT of the ink threshold, next to ink: a thin line's dashes joined,
+    # not a shadow's edge across the page), and what is taken out is their ink.
+    # A run of `run` pixels over three neighbouring rows needs that much ink in them: most plain scans
+    # have no such rows or columns, and skip the search (and the faint mask).
+    fainter = signal > FAINT * low
+    rows, columns = (_band_ink(fainter, axis=axis).max(initial=0) >= run for axis in (1, 0))
+    faint = mask | (fainter & ndimage.binary_dilation(mask, iterations=FAINT_REACH)) if rows or columns else mask
     # A line tilted by a degree or two steps between rows: rows are joined by one pixel before looking.
     horizontal = vertical = nothing
-    # A run of `run` pixels over three neighbouring rows needs that much ink in them: most plain scans
-    # have no such rows or columns, and skip the search.
-    # A thin line comes through the reduction faint, and the ink mask holds it only as dashes: lines are
-    # looked for in the faint mask (FAINT of the ink threshold), and what is taken out is their ink.
     across = along = nothing  # straight runs of faint ink: lines, and what may pass for them
-    if _band_ink(faint, axis=1).max(initial=0) >= run:
+    if rows and _band_ink(faint, axis=1).max(initial=0) >= run:
         thick = faint | np.roll(faint, 1, axis=0) | np.roll(faint, -1, axis=0)
         across = _long_runs(thick, axis=1, length=run) & faint
-    if _band_ink(faint, axis=0).max(initial=0) >= run:
+    if columns and _band_ink(faint, axis=0).max(initial=0) >= run:
         thick = faint | np.roll(faint, 1, axis=1) | np.roll(faint, -1, axis=1)
         along = _long_runs(thick, axis=0, length=run) & faint
     # A line's end may meet another (a box's corner, the page's edge): only other ink covers it.
@@ -642,7 +659,7 @@ def _take_out_lines(mask: np.ndarray, labels: np.ndarray, count: int, *, min_hei
     if along.any():
         vertical = _thin(along, axis=1, run=run, ink=mask & ~across, reach=reach) & mask
     side = max(4, math.ceil(SIDE_RUN * typical))
-    frame_rows, frame_columns = _frames(mask, labels, min_side=side)
+    frame_rows, frame_columns = _frames(mask, marks, min_side=side)
     horizontal, vertical = horizontal | frame_rows, vertical | frame_columns
     if not horizontal.any() and not vertical.any():
         return nothing
@@ -675,20 +692,17 @@ def _long_runs(mask: np.ndarray, *, axis: int, length: int) -> np.ndarray:
     return found if axis == 1 else found.T
 
 
-def _typical_height(labels: np.ndarray, count: int, *, min_height: float, fallback: float) -> float:
+def _typical_height(marks: _Marks, *, min_height: float, fallback: float) -> float:
     """The height of the marks shaped like characters (not lines, not frames, not dots) at TYPICAL_RANK
     among them: the handwriting's, not the smaller print of a form's title and labels around it, nor a
     shadow's edge of a photo (a digit's long stroke is no line)."""
-    if count == 0:
-        return max(min_height, fallback)
-    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    marks = []  # (height, area); a frame or a margin joined to a ruled line fills little of its box
-    for (rows, cols), area in zip(ndimage.find_objects(labels), areas):
+    shaped = []  # (height, area); a frame or a margin joined to a ruled line fills little of its box
+    for (rows, cols), area in zip(marks.slices, marks.areas.tolist()):
         tall, wide = rows.stop - rows.start, cols.stop - cols.start
         if tall >= min_height and wide <= 2 * tall and tall <= 8 * wide and area >= MIN_FILL * tall * wide:
-            marks.append((tall, area))
-    largest = max((area for _, area in marks), default=0)
-    heights = sorted(tall for tall, area in marks if area >= 0.1 * largest)
+            shaped.append((tall, area))
+    largest = max((area for _, area in shaped), default=0)
+    heights = sorted(tall for tall, area in shaped if area >= 0.1 * largest)
     return float(heights[int(TYPICAL_RANK * (len(heights) - 1))]) if heights else max(min_height, fallback)
 
 
@@ -717,12 +731,12 @@ def _thin(found: np.ndarray, *, axis: int, run: int, ink: np.ndarray, reach: int
     return keep[labels]
 
 
-def _line_remnants(labels: np.ndarray, lines: np.ndarray) -> np.ndarray:
+def _line_remnants(marks: _Marks, lines: np.ndarray) -> np.ndarray:
     """Slivers of a line that was taken out (where it crossed another line, or was drawn heavier): a mark
     thinner than REMNANT pixels, several times longer than thick, with the taken-out line going on from
     both of its ends. A digit on a line is thicker than the line, so it stays."""
     found = np.zeros_like(lines)
-    for number, (rows, cols) in enumerate(ndimage.find_objects(labels) or [], start=1):
+    for number, (rows, cols) in enumerate(marks.slices, start=1):
         tall, wide = rows.stop - rows.start, cols.stop - cols.start
         if wide <= REMNANT and tall >= 3 * wide:  # along a vertical line
             ends = (lines[max(0, rows.start - 2):rows.start, cols], lines[rows.stop:rows.stop + 2, cols])
@@ -731,20 +745,20 @@ def _line_remnants(labels: np.ndarray, lines: np.ndarray) -> np.ndarray:
         else:
             continue
         if ends[0].any() and ends[1].any():
-            found[rows, cols] |= labels[rows, cols] == number
+            found[rows, cols] |= marks.labels[rows, cols] == number
     return found
 
 
-def _frames(mask: np.ndarray, labels: np.ndarray, *, min_side: int) -> tuple[np.ndarray, np.ndarray]:
+def _frames(mask: np.ndarray, marks: _Marks, *, min_side: int) -> tuple[np.ndarray, np.ndarray]:
     """The four sides of boxes drawn around a field, however short (a box for two digits is shorter than
     any ruled line): marks whose bounding box is inked along nearly all of each of its four edges. Returns
     (top and bottom sides, left and right sides); what is written inside, even touching them, stays."""
     rows_found, columns_found = np.zeros_like(mask), np.zeros_like(mask)
-    for number, (rows, cols) in enumerate(ndimage.find_objects(labels) or [], start=1):
+    for number, (rows, cols) in enumerate(marks.slices, start=1):
         tall, wide = rows.stop - rows.start, cols.stop - cols.start
         if tall < min_side or wide < min_side:
             continue
-        part = labels[rows, cols] == number
+        part = marks.labels[rows, cols] == number
         edges = (part[:FRAME_BAND].any(axis=0), part[-FRAME_BAND:].any(axis=0),
                  part[:, :FRAME_BAND].any(axis=1), part[:, -FRAME_BAND:].any(axis=1))
         if min(edge.mean() for edge in edges) < FRAME_INKED:
