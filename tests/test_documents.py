@@ -148,3 +148,13 @@ def test_touching_digits_on_a_ruled_line_come_apart(reader):
 
     result = score(reader, "ruled", document_pages("ruled", 14, seed=2026)[13:], review_below=0.8)
     assert result.right == 1, result
+
+
+def test_digits_beside_a_photo_s_shadowed_edge_are_read(reader):
+    # A generated phone photo whose number is written close to the top edge, where the shadow darkens:
+    # the paper is followed up to the edge, so the shadow does not join the digits into one dark mark.
+    from bench.accuracy import score
+    from bench.documents import pages as document_pages
+
+    result = score(reader, "photo", document_pages("photo", 41, seed=2026)[40:], review_below=0.8)
+    assert result.right == 1, result

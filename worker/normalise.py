@@ -52,6 +52,7 @@ JPEG_PIXELS = 40_000
 ANALYSIS_GLYPH = 20  # digits at least this tall on the reduced page are fitted from it
 GLYPH_SIDE = 80  # a glyph crop is reduced to at most this before float work
 BACKGROUND_CELLS = 24  # paper is estimated on a grid this many cells along the long side
+PAPER_REACH = 3  # ... as the palest cell within this many cells, then the darkest of those within as many
 MIN_CONTRAST = 24.0  # grey levels of 255: less than this between ink and paper is a blank page
 NOISE_SIGMAS = 6.0  # ink must stand out of the paper noise by this many standard deviations
 SPECK_AREA = 0.04  # components with less ink than this share of the largest are dust
@@ -440,15 +441,29 @@ def _paper(page: Image.Image, *, dark_ink: bool) -> np.ndarray:
     # edge, by three cells' worth of the slope), so the darkest of those within three cells is taken
     # back: a closing, which follows a gradient and fills what is narrower than seven cells (a thick
     # digit's strokes and loops on a small page too, whose darkness would otherwise spread around it).
-    if dark_ink:
-        palest, darkest = ImageFilter.MaxFilter(7), ImageFilter.MinFilter(7)
-    else:
-        palest, darkest = ImageFilter.MinFilter(7), ImageFilter.MaxFilter(7)
-    paper = cells.filter(palest).filter(darkest).filter(ImageFilter.BoxBlur(1))
+    # The edge cells are repeated beyond the page's edge once, before both steps, so the closing follows
+    # the light up to the edge: a photo's shadow darkening towards its edge is paper, not ink joined to the
+    # digits written beside it (each step repeating its own edge would keep the paper three cells paler).
+    palest, darkest = (np.maximum, np.minimum) if dark_ink else (np.minimum, np.maximum)
+    padded = np.pad(np.asarray(cells), 2 * PAPER_REACH, mode="edge")
+    paper = Image.fromarray(_spread(_spread(padded, palest), darkest)).filter(ImageFilter.BoxBlur(1))
     # Steps of a cell are a level or two at most after the blur, so each cell's level is repeated
     # over its pixels (nearest neighbour: a tenth of the cost of a smooth resize).
     paper = paper.resize((width, height), Image.Resampling.NEAREST, box=(0, 0, width / cell, height / cell))
     return np.asarray(paper, dtype=np.float32)
+
+
+def _spread(cells: np.ndarray, pick) -> np.ndarray:
+    """`pick` (np.maximum or np.minimum) over each square of PAPER_REACH cells around, where it lies wholly
+    inside (the result is smaller by PAPER_REACH on each side): one pass along each axis."""
+    height, width = cells.shape[0] - 2 * PAPER_REACH, cells.shape[1] - 2 * PAPER_REACH
+    across = cells[:, :width].copy()
+    for step in range(1, 2 * PAPER_REACH + 1):
+        pick(across, cells[:, step:step + width], out=across)
+    result = across[:height].copy()
+    for step in range(1, 2 * PAPER_REACH + 1):
+        pick(result, across[step:step + height], out=result)
+    return result
 
 
 def _quantiles(values: np.ndarray, shares: tuple[float, ...]) -> list[float]:
