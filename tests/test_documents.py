@@ -158,3 +158,13 @@ def test_digits_beside_a_photo_s_shadowed_edge_are_read(reader):
 
     result = score(reader, "photo", document_pages("photo", 41, seed=2026)[40:], review_below=0.8)
     assert result.right == 1, result
+
+
+def test_a_faint_margin_left_as_dashes_gives_no_digit(reader):
+    # A generated page of ruled lines whose faint red margin the reduced page shows only as dashes, one of
+    # which was read as a 1: the margin is found by how much of the page's height it inks.
+    from bench.accuracy import score
+    from bench.documents import pages as document_pages
+
+    result = score(reader, "lines", document_pages("lines", 45, seed=2026)[44:], review_below=0.8)
+    assert result.right == 1, result

@@ -69,6 +69,8 @@ LINE_RUN = 2.5  # ink running straight for this many typical digit heights is a 
 SIDE_RUN = 0.9  # ... and so is a vertical run this long that joins a line at both of its ends
 MIN_FILL = 0.08  # a character's ink fills at least this share of its box (a frame's far less)
 BARE_END = 2  # a line goes on at least this many pixels (at analysis size) past the writing at one end
+DASHED = 0.7  # a faint margin inks this share of the page's height at least (in dashes) ...
+DASHED_BESIDE = 4  # ... with at most 1 - DASHED of it inked this many pixels to either side
 REMNANT = 3  # a sliver of a taken-out line is at most this many pixels thick (at analysis size)
 FAINT = 0.75  # lines are looked for in ink above this share of the ink threshold (thin lines reduce faint)
 FAINT_REACH = 1  # ... within this many pixels of ink
@@ -656,7 +658,8 @@ def _take_out_lines(mask: np.ndarray, marks: _Marks, *, min_height: float, signa
     # A run of `run` pixels over three neighbouring rows needs that much ink in them: most plain scans
     # have no such rows or columns, and skip the search (and the faint mask).
     fainter = signal > FAINT * low
-    rows, columns = (_band_ink(fainter, axis=axis).max(initial=0) >= run for axis in (1, 0))
+    column_ink = _band_ink(fainter, axis=0).max(initial=0)
+    rows, columns = _band_ink(fainter, axis=1).max(initial=0) >= run, column_ink >= run
     faint = mask | (fainter & ndimage.binary_dilation(mask, iterations=FAINT_REACH)) if rows or columns else mask
     # A line tilted by a degree or two steps between rows: rows are joined by one pixel before looking.
     horizontal = vertical = nothing
@@ -667,12 +670,15 @@ def _take_out_lines(mask: np.ndarray, marks: _Marks, *, min_height: float, signa
     if columns and _band_ink(faint, axis=0).max(initial=0) >= run:
         thick = faint | np.roll(faint, 1, axis=1) | np.roll(faint, -1, axis=1)
         along = _long_runs(thick, axis=0, length=run) & faint
+    # A faint margin may come through only as dashes: it is found by how much of the page's height it inks.
+    margin = _dashed_margin(fainter) if column_ink >= DASHED * mask.shape[0] else nothing
     # A line's end may meet another (a box's corner, the page's edge): only other ink covers it.
     reach = math.ceil(typical)
     if across.any():
-        horizontal = _thin(across, axis=0, run=run, ink=mask & ~along, reach=reach) & mask
+        horizontal = _thin(across, axis=0, run=run, ink=mask & ~along & ~margin, reach=reach) & mask
     if along.any():
         vertical = _thin(along, axis=1, run=run, ink=mask & ~across, reach=reach) & mask
+    vertical = vertical | (margin & mask)
     side = max(4, math.ceil(SIDE_RUN * typical))
     frame_rows, frame_columns = _frames(mask, marks, min_side=side)
     horizontal, vertical = horizontal | frame_rows, vertical | frame_columns
@@ -687,6 +693,29 @@ def _take_out_lines(mask: np.ndarray, marks: _Marks, *, min_height: float, signa
     taken = lines & ~crossing
     mask &= ~taken
     return taken
+
+
+def _dashed_margin(fainter: np.ndarray) -> np.ndarray:
+    """Faint straight lines from the top of the page to its bottom (a margin) that the reduction left as
+    dashes: a column whose band of three columns inks at least DASHED of the page's height, with nearly bare
+    paper DASHED_BESIDE columns away on both sides, filled from its first ink to its last. Digits stacked in
+    a column neither reach that far nor leave paper beside them. Rows need no such search: what is left of
+    a ruled line is flat, and dropped as such, where a margin's dashes look like 1s."""
+    band = fainter.copy()
+    band[:, 1:] |= fainter[:, :-1]
+    band[:, :-1] |= fainter[:, 1:]
+    cover = band.mean(axis=0)
+    found = np.zeros_like(fainter)
+    for column in np.flatnonzero(cover >= DASHED).tolist():
+        if cover[column] < cover[max(0, column - 1):column + 2].max():
+            continue  # one column for each line: where it inks the most
+        beside = [cover[other] for other in (column - DASHED_BESIDE, column + DASHED_BESIDE) if 0 <= other < cover.size]
+        if max(beside, default=0.0) > 1.0 - DASHED:
+            continue
+        rows = np.flatnonzero(fainter[:, column])
+        if rows.size:
+            found[rows[0]:rows[-1] + 1, column] = True
+    return found
 
 
 def _band_ink(mask: np.ndarray, *, axis: int) -> np.ndarray:
