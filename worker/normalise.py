@@ -456,8 +456,8 @@ def _paper(page: Image.Image, *, dark_ink: bool) -> np.ndarray:
 
 
 def _spread(cells: np.ndarray, pick) -> np.ndarray:
-    """`pick` (np.maximum or np.minimum) over each square of PAPER_REACH cells around, where it lies wholly
-    inside (the result is smaller by PAPER_REACH on each side): one pass along each axis."""
+    """`pick` (np.maximum or np.minimum) over the cells within PAPER_REACH of each cell (a square), where the
+    square lies wholly inside (the result is smaller by PAPER_REACH on each side): one pass along each axis."""
     height, width = cells.shape[0] - 2 * PAPER_REACH, cells.shape[1] - 2 * PAPER_REACH
     across = cells[:, :width].copy()
     for step in range(1, 2 * PAPER_REACH + 1):
