@@ -140,31 +140,30 @@ def test_the_shipped_card_records_calibration_and_its_operating_points():
     assert card["calibration"]["operating_points"] and card["rejection"]["not_a_digit_rejected"] >= 0.9
 
 
-def test_touching_digits_on_a_ruled_line_come_apart(reader):
-    # A generated ruled page whose 3 and 1 touch, standing on a line: the reduced page shows the pair no
-    # wider than tall (the line's remains under it), at full size it is wider, and is offered cut.
+def _generated_page(reader, kind: str, index: int):
+    """How one page of bench.documents (seed 2026) is read, scored as bench.accuracy scores it."""
     from bench.accuracy import score
     from bench.documents import pages as document_pages
 
-    result = score(reader, "ruled", document_pages("ruled", 14, seed=2026)[13:], review_below=0.8)
+    return score(reader, kind, document_pages(kind, index + 1, seed=2026)[index:], review_below=0.8)
+
+
+def test_touching_digits_on_a_ruled_line_come_apart(reader):
+    # A generated ruled page whose 3 and 1 touch, standing on a line: the reduced page shows the pair no
+    # wider than tall (the line's remains under it), at full size it is wider, and is offered cut.
+    result = _generated_page(reader, "ruled", 13)
     assert result.right == 1, result
 
 
 def test_digits_beside_a_photo_s_shadowed_edge_are_read(reader):
     # A generated phone photo whose number is written close to the top edge, where the shadow darkens:
     # the paper is followed up to the edge, so the shadow does not join the digits into one dark mark.
-    from bench.accuracy import score
-    from bench.documents import pages as document_pages
-
-    result = score(reader, "photo", document_pages("photo", 41, seed=2026)[40:], review_below=0.8)
+    result = _generated_page(reader, "photo", 40)
     assert result.right == 1, result
 
 
 def test_a_faint_margin_left_as_dashes_gives_no_digit(reader):
     # A generated page of ruled lines whose faint red margin the reduced page shows only as dashes, one of
     # which was read as a 1: the margin is found by how much of the page's height it inks.
-    from bench.accuracy import score
-    from bench.documents import pages as document_pages
-
-    result = score(reader, "lines", document_pages("lines", 45, seed=2026)[44:], review_below=0.8)
+    result = _generated_page(reader, "lines", 44)
     assert result.right == 1, result

@@ -372,14 +372,17 @@ class _Marks:
     """The connected components of an ink mask (8-neighbours): labels from 1, the box and area of each."""
 
     labels: np.ndarray
-    count: int
     slices: list[tuple[slice, slice]]
     areas: np.ndarray
 
     @classmethod
     def of(cls, mask: np.ndarray) -> _Marks:
         labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
-        return cls(labels, count, ndimage.find_objects(labels), np.bincount(labels.ravel(), minlength=count + 1)[1:])
+        return cls(labels, ndimage.find_objects(labels), np.bincount(labels.ravel(), minlength=count + 1)[1:])
+
+    @property
+    def count(self) -> int:
+        return len(self.slices)
 
 
 def _analyse(page_image: Image.Image) -> _Analysis | None:
@@ -678,10 +681,9 @@ def _take_out_lines(mask: np.ndarray, marks: _Marks, *, min_height: float, signa
         horizontal = _thin(across, axis=0, run=run, ink=mask & ~along & ~margin, reach=reach) & mask
     if along.any():
         vertical = _thin(along, axis=1, run=run, ink=mask & ~across, reach=reach) & mask
-    vertical = vertical | (margin & mask)
     side = max(4, math.ceil(SIDE_RUN * typical))
     frame_rows, frame_columns = _frames(mask, marks, min_side=side)
-    horizontal, vertical = horizontal | frame_rows, vertical | frame_columns
+    horizontal, vertical = horizontal | frame_rows, vertical | frame_columns | (margin & mask)
     if not horizontal.any() and not vertical.any():
         return nothing
     sides = _box_sides(mask & ~horizontal, horizontal, length=side)
