@@ -28,22 +28,40 @@ def pages(kind: str, count: int, *, seed: int = 0) -> list[Scan]:
     images, labels = test_digits()
     order = np.random.default_rng([seed, KINDS.index(kind) if kind in KINDS else 9]).permutation(len(images))
     cursor = 0
-    made = []
-    for index in range(count):
-        random = np.random.default_rng([seed, index, sum(map(ord, kind))])
 
-        def number(length_range=(2, 5)) -> tuple[np.ndarray, str, tuple[int, ...]]:
-            nonlocal cursor
-            length = int(random.integers(length_range[0], length_range[1] + 1))
-            chosen = order[(cursor + np.arange(length)) % len(order)]
-            cursor += length
-            return [images[i] for i in chosen], "".join(str(int(labels[i])) for i in chosen), tuple(map(int, chosen))
+    def digits(length: int) -> np.ndarray:
+        nonlocal cursor
+        cursor += length
+        return order[(cursor - length + np.arange(length)) % len(order)]
 
-        page, label, sources = DRAW[kind](random, number)
-        data = _encode(page, kind, random)
-        made.append(Scan(f"{index:05d}-{kind}.{'pdf' if kind == 'pdf' else 'jpg' if kind == 'photo' else 'png'}",
-                         data, (label,), kind, sources))
-    return made
+    return [_page(kind, index, seed, digits, images, labels) for index in range(count)]
+
+
+def page(kind: str, index: int, *, seed: int, sources: tuple[tuple[int, ...], ...]) -> Scan:
+    """Page `index` of pages(kind, ..., seed=seed) alone, made from the MNIST test digits it holds (its
+    Scan.sources, per number): the same bytes, without drawing the pages before it."""
+    remaining = [digit for number in sources for digit in number]
+
+    def digits(length: int) -> list[int]:
+        chosen, remaining[:length] = remaining[:length], []
+        return chosen
+
+    return _page(kind, index, seed, digits, *test_digits())
+
+
+def _page(kind: str, index: int, seed: int, digits, images: np.ndarray, labels: np.ndarray) -> Scan:
+    """One page, drawn with its own random generator; `digits(length)` gives the indices of the MNIST test
+    digits (`images`, `labels`) for each number it writes."""
+    random = np.random.default_rng([seed, index, sum(map(ord, kind))])
+
+    def number(length_range=(2, 5)) -> tuple[list[np.ndarray], str, tuple[int, ...]]:
+        chosen = digits(int(random.integers(length_range[0], length_range[1] + 1)))
+        return [images[i] for i in chosen], "".join(str(int(labels[i])) for i in chosen), tuple(map(int, chosen))
+
+    drawn, label, sources = DRAW[kind](random, number)
+    data = _encode(drawn, kind, random)
+    return Scan(f"{index:05d}-{kind}.{'pdf' if kind == 'pdf' else 'jpg' if kind == 'photo' else 'png'}",
+                data, (label,), kind, sources)
 
 
 # --- the kinds ---------------------------------------------------------------------------------

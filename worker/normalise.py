@@ -76,11 +76,13 @@ FAINT = 0.75  # lines are looked for in ink above this share of the ink threshol
 FAINT_REACH = 1  # ... within this many pixels of ink
 FRAME_BAND = 2  # a box's side, at analysis size, lies within this many pixels of the box's edge
 FRAME_INKED = 0.85  # ... and inks this share of it, on all four sides
+FRAME_TALL = 1.2  # ... and is this many times as tall as the handwriting at least (a 0 is no box)
 STACKED = 0.25  # marks overlapping horizontally this close vertically (share of the taller) are one glyph
 SAME_LINE = 0.5  # marks overlapping vertically by this share of the shorter are on one text line
 NUMBER_GAP = 1.5  # a gap wider than this share of the line's digit height ends a number
 WIDE = 1.0  # a glyph at least as wide as tall may hold touching digits: it also comes cut, for the model to judge
 APART_HEIGHT = 0.6  # ... and one whose ink paper divides at full size into parts this share of its height
+SLIVER = 0.06  # ... a part narrower than this share of its height is what is left of a line, not a digit
 _EIGHT_NEIGHBOURS = np.ones((3, 3), bool)  # diagonal steps join a stroke, as a pen draws them
 
 
@@ -450,12 +452,20 @@ def _paper(page: Image.Image, *, dark_ink: bool) -> np.ndarray:
     # the light up to the edge: a photo's shadow darkening towards its edge is paper, not ink joined to the
     # digits written beside it (each step repeating its own edge would keep the paper three cells paler).
     palest, darkest = (np.maximum, np.minimum) if dark_ink else (np.minimum, np.maximum)
-    padded = np.pad(np.asarray(cells), 2 * PAPER_REACH, mode="edge")
+    padded = _edge_padded(np.asarray(cells), 2 * PAPER_REACH)
     paper = Image.fromarray(_spread(_spread(padded, palest), darkest)).filter(ImageFilter.BoxBlur(1))
     # Steps of a cell are a level or two at most after the blur, so each cell's level is repeated
     # over its pixels (nearest neighbour: a tenth of the cost of a smooth resize).
     paper = paper.resize((width, height), Image.Resampling.NEAREST, box=(0, 0, width / cell, height / cell))
     return np.asarray(paper, dtype=np.float32)
+
+
+def _edge_padded(cells: np.ndarray, width: int) -> np.ndarray:
+    """np.pad(cells, width, mode="edge") for a small 2-D array, at a third of its cost."""
+    height, wide = cells.shape
+    rows = np.clip(np.arange(-width, height + width), 0, height - 1)
+    columns = np.clip(np.arange(-width, wide + width), 0, wide - 1)
+    return cells.take(rows, axis=0).take(columns, axis=1)
 
 
 def _spread(cells: np.ndarray, pick) -> np.ndarray:
@@ -658,23 +668,28 @@ def _take_out_lines(mask: np.ndarray, marks: _Marks, *, min_height: float, signa
     # A thin line comes through the reduction faint, and the ink mask holds it only as dashes: lines are
     # looked for in the faint mask (FAINT of the ink threshold, next to ink: a thin line's dashes joined,
     # not a shadow's edge across the page), and what is taken out is their ink.
-    # A run of `run` pixels over three neighbouring rows needs that much ink in them: most plain scans
-    # have no such rows or columns, and skip the search (and the faint mask).
+    # A line tilted by a degree or two steps between rows: it runs straight in a band of three rows (or
+    # columns), and a run of `run` pixels needs that many pixels of the band inked. Most plain scans have no
+    # such band, and skip the search (and the faint mask).
     fainter = signal > FAINT * low
-    column_ink = _band_ink(fainter, axis=0).max(initial=0)
-    rows, columns = _band_ink(fainter, axis=1).max(initial=0) >= run, column_ink >= run
+    row_cover = np.count_nonzero(_band(fainter, axis=0), axis=1)
+    column_cover = np.count_nonzero(_band(fainter, axis=1), axis=0)
+    rows, columns = row_cover.max(initial=0) >= run, column_cover.max(initial=0) >= run
     faint = mask | (fainter & ndimage.binary_dilation(mask, iterations=FAINT_REACH)) if rows or columns else mask
-    # A line tilted by a degree or two steps between rows: rows are joined by one pixel before looking.
     horizontal = vertical = nothing
     across = along = nothing  # straight runs of faint ink: lines, and what may pass for them
-    if rows and _band_ink(faint, axis=1).max(initial=0) >= run:
-        thick = faint | np.roll(faint, 1, axis=0) | np.roll(faint, -1, axis=0)
-        across = _long_runs(thick, axis=1, length=run) & faint
-    if columns and _band_ink(faint, axis=0).max(initial=0) >= run:
-        thick = faint | np.roll(faint, 1, axis=1) | np.roll(faint, -1, axis=1)
-        along = _long_runs(thick, axis=0, length=run) & faint
+    if rows:
+        thick = _band(faint, axis=0)
+        if np.count_nonzero(thick, axis=1).max(initial=0) >= run:
+            across = _long_runs(thick, axis=1, length=run) & faint
+    if columns:
+        thick = _band(faint, axis=1)
+        if np.count_nonzero(thick, axis=0).max(initial=0) >= run:
+            along = _long_runs(thick, axis=0, length=run) & faint
     # A faint margin may come through only as dashes: it is found by how much of the page's height it inks.
-    margin = _dashed_margin(fainter) if column_ink >= DASHED * mask.shape[0] else nothing
+    height = mask.shape[0]
+    margin = (_dashed_margin(fainter, column_cover / height) if column_cover.max(initial=0) >= DASHED * height
+              else nothing)
     # A line's end may meet another (a box's corner, the page's edge): only other ink covers it.
     reach = math.ceil(typical)
     if across.any():
@@ -682,7 +697,7 @@ def _take_out_lines(mask: np.ndarray, marks: _Marks, *, min_height: float, signa
     if along.any():
         vertical = _thin(along, axis=1, run=run, ink=mask & ~across, reach=reach) & mask
     side = max(4, math.ceil(SIDE_RUN * typical))
-    frame_rows, frame_columns = _frames(mask, marks, min_side=side)
+    frame_rows, frame_columns = _frames(mask, marks, min_side=max(4, math.ceil(FRAME_TALL * typical)))
     horizontal, vertical = horizontal | frame_rows, vertical | frame_columns | (margin & mask)
     if not horizontal.any() and not vertical.any():
         return nothing
@@ -697,16 +712,13 @@ def _take_out_lines(mask: np.ndarray, marks: _Marks, *, min_height: float, signa
     return taken
 
 
-def _dashed_margin(fainter: np.ndarray) -> np.ndarray:
+def _dashed_margin(fainter: np.ndarray, cover: np.ndarray) -> np.ndarray:
     """Faint straight lines from the top of the page to its bottom (a margin) that the reduction left as
-    dashes: a column whose band of three columns inks at least DASHED of the page's height, with nearly bare
-    paper DASHED_BESIDE columns away on both sides, filled from its first ink to its last. Digits stacked in
-    a column neither reach that far nor leave paper beside them. Rows need no such search: what is left of
-    a ruled line is flat, and dropped as such, where a margin's dashes look like 1s."""
-    band = fainter.copy()
-    band[:, 1:] |= fainter[:, :-1]
-    band[:, :-1] |= fainter[:, 1:]
-    cover = band.mean(axis=0)
+    dashes: a column whose band of three columns inks at least DASHED of the page's height (`cover`, per
+    column), with nearly bare paper DASHED_BESIDE columns away on both sides, filled from its first ink to
+    its last. Digits stacked in a column neither reach that far nor leave paper beside them. Rows need no
+    such search: what is left of a ruled line is flat, and dropped as such, where a margin's dashes look
+    like 1s."""
     found = np.zeros_like(fainter)
     for column in np.flatnonzero(cover >= DASHED).tolist():
         if cover[column] < cover[max(0, column - 1):column + 2].max():
@@ -720,10 +732,16 @@ def _dashed_margin(fainter: np.ndarray) -> np.ndarray:
     return found
 
 
-def _band_ink(mask: np.ndarray, *, axis: int) -> np.ndarray:
-    """Ink pixels in each band of three neighbouring rows (axis 1) or columns (axis 0)."""
-    counts = np.count_nonzero(mask, axis=axis)
-    return counts[:-2] + counts[1:-1] + counts[2:] if counts.size > 2 else counts
+def _band(mask: np.ndarray, *, axis: int) -> np.ndarray:
+    """Pixels inked or next to ink across `axis`: each row (0) or column (1) joined to its two neighbours."""
+    band = mask.copy()
+    if axis == 0:
+        band[1:] |= mask[:-1]
+        band[:-1] |= mask[1:]
+    else:
+        band[:, 1:] |= mask[:, :-1]
+        band[:, :-1] |= mask[:, 1:]
+    return band
 
 
 def _long_runs(mask: np.ndarray, *, axis: int, length: int) -> np.ndarray:
@@ -930,10 +948,12 @@ def _apart(values: np.ndarray) -> list[tuple[int, int, int, int]]:
     spans = []
     for start, stop in zip(edges[::2].tolist(), edges[1::2].tolist()):
         rows = np.flatnonzero(values[:, start:stop].any(axis=1))
-        if rows[-1] - rows[0] + 1 < APART_HEIGHT * values.shape[0]:
+        tall = rows[-1] - rows[0] + 1
+        if tall < APART_HEIGHT * values.shape[0]:
             return []  # a 5's flag, a dot, a broken stroke: parts of one digit
-        spans.append((start, stop, int(rows[0]), int(rows[-1]) + 1))
-    return spans
+        if stop - start >= SLIVER * tall:
+            spans.append((start, stop, int(rows[0]), int(rows[-1]) + 1))
+    return spans if len(spans) > 1 else []
 
 
 def _fine_signal(page_image: Image.Image, analysis: _Analysis, member: np.ndarray,
