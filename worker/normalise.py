@@ -73,7 +73,6 @@ DASHED = 0.7  # a faint margin inks this share of the page's height at least (in
 DASHED_BESIDE = 4  # ... with at most 1 - DASHED of it inked this many pixels to either side
 REMNANT = 3  # a sliver of a taken-out line is at most this many pixels thick (at analysis size)
 FAINT = 0.75  # lines are looked for in ink above this share of the ink threshold (thin lines reduce faint)
-FAINT_REACH = 1  # ... within this many pixels of ink
 FRAME_BAND = 2  # a box's side, at analysis size, lies within this many pixels of the box's edge
 FRAME_INKED = 0.85  # ... and inks this share of it, on all four sides
 FRAME_TALL = 1.2  # ... and is this many times as tall as the handwriting at least (a 0 is no box)
@@ -470,15 +469,20 @@ def _edge_padded(cells: np.ndarray, width: int) -> np.ndarray:
 
 def _spread(cells: np.ndarray, pick) -> np.ndarray:
     """`pick` (np.maximum or np.minimum) over the cells within PAPER_REACH of each cell (a square), where the
-    square lies wholly inside (the result is smaller by PAPER_REACH on each side): one pass along each axis."""
-    height, width = cells.shape[0] - 2 * PAPER_REACH, cells.shape[1] - 2 * PAPER_REACH
-    across = cells[:, :width].copy()
-    for step in range(1, 2 * PAPER_REACH + 1):
-        pick(across, cells[:, step:step + width], out=across)
-    result = across[:height].copy()
-    for step in range(1, 2 * PAPER_REACH + 1):
-        pick(result, across[step:step + height], out=result)
-    return result
+    square lies wholly inside (the result is smaller by PAPER_REACH on each side). Along each axis the
+    window doubles (1, 2, 4, then the rest): three passes where one per cell in reach would take six."""
+    window = 2 * PAPER_REACH + 1
+    for axis in (1, 0):
+        covered = 1  # each value is the pick over this many neighbouring cells along the axis
+        while covered < window:
+            step = min(covered, window - covered)
+            kept = cells.shape[axis] - step
+            if axis == 1:
+                cells = pick(cells[:, :kept], cells[:, step:])
+            else:
+                cells = pick(cells[:kept], cells[step:])
+            covered += step
+    return cells
 
 
 def _quantiles(values: np.ndarray, shares: tuple[float, ...]) -> list[float]:
@@ -675,7 +679,14 @@ def _take_out_lines(mask: np.ndarray, marks: _Marks, *, min_height: float, signa
     row_cover = np.count_nonzero(_band(fainter, axis=0), axis=1)
     column_cover = np.count_nonzero(_band(fainter, axis=1), axis=0)
     rows, columns = row_cover.max(initial=0) >= run, column_cover.max(initial=0) >= run
-    faint = mask | (fainter & ndimage.binary_dilation(mask, iterations=FAINT_REACH)) if rows or columns else mask
+    height = mask.shape[0]
+    frame_side = max(4, math.ceil(FRAME_TALL * typical))
+    dashed = column_cover.max(initial=0) >= DASHED * height
+    boxed = any(min(down.stop - down.start, over.stop - over.start) >= frame_side for down, over in marks.slices)
+    if not (rows or columns or dashed or boxed):
+        return nothing  # nothing long enough for a line, tall enough for a margin or big enough for a box
+    # Next to ink: within one pixel of it, across or along.
+    faint = mask | (fainter & (_band(mask, axis=0) | _band(mask, axis=1))) if rows or columns else mask
     horizontal = vertical = nothing
     across = along = nothing  # straight runs of faint ink: lines, and what may pass for them
     if rows:
@@ -687,9 +698,7 @@ def _take_out_lines(mask: np.ndarray, marks: _Marks, *, min_height: float, signa
         if np.count_nonzero(thick, axis=0).max(initial=0) >= run:
             along = _long_runs(thick, axis=0, length=run) & faint
     # A faint margin may come through only as dashes: it is found by how much of the page's height it inks.
-    height = mask.shape[0]
-    margin = (_dashed_margin(fainter, column_cover / height) if column_cover.max(initial=0) >= DASHED * height
-              else nothing)
+    margin = _dashed_margin(fainter, column_cover / height) if dashed else nothing
     # A line's end may meet another (a box's corner, the page's edge): only other ink covers it.
     reach = math.ceil(typical)
     if across.any():
@@ -697,7 +706,7 @@ def _take_out_lines(mask: np.ndarray, marks: _Marks, *, min_height: float, signa
     if along.any():
         vertical = _thin(along, axis=1, run=run, ink=mask & ~across, reach=reach) & mask
     side = max(4, math.ceil(SIDE_RUN * typical))
-    frame_rows, frame_columns = _frames(mask, marks, min_side=max(4, math.ceil(FRAME_TALL * typical)))
+    frame_rows, frame_columns = _frames(mask, marks, min_side=frame_side)
     horizontal, vertical = horizontal | frame_rows, vertical | frame_columns | (margin & mask)
     if not horizontal.any() and not vertical.any():
         return nothing
