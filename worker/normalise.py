@@ -951,6 +951,8 @@ def _apart(values: np.ndarray) -> list[tuple[int, int, int, int]]:
     the mark (a 1 written close beside a 4 merges with it on the reduced page), with the rows each inks:
     (start, stop, top, bottom); else none."""
     inked = values.any(axis=0)
+    if inked.all():
+        return []  # ink in every column: one part
     edges = np.flatnonzero(np.diff(np.concatenate(([0], inked.astype(np.int8), [0]))))
     if edges.size < 4:
         return []
