@@ -153,6 +153,7 @@ def _tally(random, number):
     for row in range(count):
         digits, label, sources = number()
         ink, _ = _handwriting(digits, random, height=int(row_height * random.uniform(0.35, 0.55)))
+        ink = _within(ink, width - 40)  # written smaller where the page is narrow: every digit on the page
         top = int(row_height * (row + 0.6) + random.integers(-10, 10))
         canvas.write(ink, (int(random.integers(20, max(21, width - ink.shape[1] - 20))), top))
         written.append(label)
@@ -246,6 +247,14 @@ class _Canvas:
     def image(self) -> Image.Image:
         noisy = self.rgb + self.random.normal(0, self.random.uniform(1, 4), self.rgb.shape[:2])[..., None]
         return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def _within(ink: np.ndarray, width: int) -> np.ndarray:
+    """Ink scaled down, keeping its aspect ratio, to at most `width` pixels wide."""
+    if ink.shape[1] <= width:
+        return ink
+    size = (width, max(1, round(ink.shape[0] * width / ink.shape[1])))
+    return np.asarray(Image.fromarray(ink.astype(np.float32)).resize(size, Image.Resampling.BILINEAR))
 
 
 def _handwriting(digits: list[np.ndarray], random, *, height: int) -> tuple[np.ndarray, int]:

@@ -182,3 +182,10 @@ def test_what_is_left_of_a_box_s_side_beside_a_digit_is_no_1(reader):
     # the 4 after the box is taken out, apart from it at full size, was read as a 1 ("4541" for "454").
     result = _generated_page(reader, "form", 291, ((6780, 2180, 4483),))
     assert result.right == 1 and result.accepted_wrong == 0, result
+
+
+def test_a_tally_sheet_number_wider_than_the_page_is_written_smaller_and_read(reader):
+    # bench.documents wrote a five-digit number wider than its narrow page past the right edge, so its
+    # label held a 3 the page showed only in part: the number is now written smaller, wholly on the page.
+    result = _generated_page(reader, "tally", 256, ((9608, 3352, 8929, 3592), (3495, 3578, 1141, 7729, 4836)))
+    assert result.right == 1, result
