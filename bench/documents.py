@@ -43,10 +43,16 @@ def page(kind: str, index: int, *, seed: int, sources: tuple[tuple[int, ...], ..
     remaining = [digit for number in sources for digit in number]
 
     def digits(length: int) -> list[int]:
-        chosen, remaining[:length] = remaining[:length], []
+        if len(remaining) < length:
+            raise ValueError(f"{kind} page {index} writes more digits than the sources hold")
+        chosen = remaining[:length]
+        del remaining[:length]
         return chosen
 
-    return _page(kind, index, seed, digits, *test_digits())
+    made = _page(kind, index, seed, digits, *test_digits())
+    if remaining:
+        raise ValueError(f"{kind} page {index} writes fewer digits than the sources hold")
+    return made
 
 
 def _page(kind: str, index: int, seed: int, digits, images: np.ndarray, labels: np.ndarray) -> Scan:
