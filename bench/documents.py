@@ -23,8 +23,9 @@ WORDS = ("Amount", "Total", "Invoice", "Account", "Date", "Name", "Reference", "
 
 
 def pages(kind: str, count: int, *, seed: int = 0) -> list[Scan]:
-    """`count` pages of one kind; the same seed gives the same bytes. Labels: the handwritten numbers in
-    reading order joined by one space ("" for the kinds without handwriting)."""
+    """`count` pages of one kind; the same seed gives the same pages (the same bytes, but for the time a
+    PDF embeds). Labels: the handwritten numbers in reading order joined by one space ("" for the kinds
+    without handwriting)."""
     images, labels = test_digits()
     order = np.random.default_rng([seed, KINDS.index(kind) if kind in KINDS else 9]).permutation(len(images))
     cursor = 0
@@ -39,7 +40,7 @@ def pages(kind: str, count: int, *, seed: int = 0) -> list[Scan]:
 
 def page(kind: str, index: int, *, seed: int, sources: tuple[tuple[int, ...], ...]) -> Scan:
     """Page `index` of pages(kind, ..., seed=seed) alone, made from the MNIST test digits it holds (its
-    Scan.sources, per number): the same bytes, without drawing the pages before it."""
+    Scan.sources, per number): the same page, without drawing the pages before it."""
     remaining = [digit for number in sources for digit in number]
 
     def digits(length: int) -> list[int]:
@@ -113,6 +114,7 @@ def _ruled(random, number):
         canvas.line([(0, y + (y * 0)), (width, y + int(random.integers(-2, 3)))], colour=(70, 110, 200), width=2)
     margin = int(width * random.uniform(0.1, 0.15))
     canvas.line([(margin, 0), (margin, height)], colour=(210, 60, 60), width=2)
+    ink = _within(ink, width - margin - 50)
     left = margin + int(random.integers(30, max(31, width - margin - ink.shape[1] - 20)))
     # The line nearest below the writing is what it sits on: the ink reaches a few pixels past it.
     below = next(y for y in range(spacing // 2, height + spacing, spacing) if y >= baseline)
@@ -126,6 +128,7 @@ def _plain(random, number, *, widths: tuple[int, int], heights: tuple[int, int],
     canvas = _Canvas(width, height, random)
     digits, label, sources = number()
     ink, _ = _handwriting(digits, random, height=int(random.integers(*digits_tall)))
+    ink = _within(ink, width - 40)
     canvas.write(ink, (int(random.integers(20, max(21, width - ink.shape[1] - 20))),
                        int(random.integers(20, max(21, height - ink.shape[0] - 20)))))
     return canvas, label, sources
@@ -159,7 +162,7 @@ def _tally(random, number):
     for row in range(count):
         digits, label, sources = number()
         ink, _ = _handwriting(digits, random, height=int(row_height * random.uniform(0.35, 0.55)))
-        ink = _within(ink, width - 40)  # written smaller where the page is narrow: every digit on the page
+        ink = _within(ink, width - 40)
         top = int(row_height * (row + 0.6) + random.integers(-10, 10))
         canvas.write(ink, (int(random.integers(20, max(21, width - ink.shape[1] - 20))), top))
         written.append(label)
@@ -256,7 +259,8 @@ class _Canvas:
 
 
 def _within(ink: np.ndarray, width: int) -> np.ndarray:
-    """Ink scaled down, keeping its aspect ratio, to at most `width` pixels wide."""
+    """Ink scaled down, keeping its aspect ratio, to at most `width` pixels wide: a number is written
+    smaller where the page is narrow, so every digit its label holds is on the page."""
     if ink.shape[1] <= width:
         return ink
     size = (width, max(1, round(ink.shape[0] * width / ink.shape[1])))

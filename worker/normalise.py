@@ -678,10 +678,9 @@ def _take_out_lines(mask: np.ndarray, marks: _Marks, *, min_height: float, signa
     fainter = signal > FAINT * low
     row_cover = np.count_nonzero(_band(fainter, axis=0), axis=1)
     column_cover = np.count_nonzero(_band(fainter, axis=1), axis=0)
-    rows, columns = row_cover.max(initial=0) >= run, column_cover.max(initial=0) >= run
-    height = mask.shape[0]
+    height, tallest = mask.shape[0], column_cover.max(initial=0)
+    rows, columns, dashed = row_cover.max(initial=0) >= run, tallest >= run, tallest >= DASHED * height
     frame_side = max(4, math.ceil(FRAME_TALL * typical))
-    dashed = column_cover.max(initial=0) >= DASHED * height
     boxed = any(min(down.stop - down.start, over.stop - over.start) >= frame_side for down, over in marks.slices)
     if not (rows or columns or dashed or boxed):
         return nothing  # nothing long enough for a line, tall enough for a margin or big enough for a box
