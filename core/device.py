@@ -1,4 +1,5 @@
-"""Where TensorFlow runs (the GPU wherever it sees one, memory growth on, else the CPU), and keeping it quiet."""
+"""Which Keras backend serves (KERAS_BACKEND: tensorflow, jax or torch) and where it runs (the GPU wherever it
+sees one, memory taken as needed, else the CPU); TensorFlow's loading notices kept quiet."""
 
 from __future__ import annotations
 
@@ -55,12 +56,63 @@ def import_tensorflow():
     return tensorflow
 
 
-def configure(device: str = "auto", *, threads: int | None = None) -> str:
-    """Apply the device setting before any TensorFlow op runs; returns a description such as 'GPU:0 (NVIDIA H100)'.
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def backend() -> str:
+    """The Keras backend this process serves with: KERAS_BACKEND, TensorFlow when unset."""
+    name = os.environ.get("KERAS_BACKEND", "tensorflow").strip().lower() or "tensorflow"
+    if name not in BACKENDS:
+        raise ConfigError(f"KERAS_BACKEND must be one of {', '.join(BACKENDS)}, not {name!r}")
+    return name
+
+
+def import_keras():
+    """`import keras` on the chosen backend (TensorFlow's loading notices kept off stderr); refuses a keras
+    that was already imported on another backend, which a process cannot change."""
+    name = backend()
+    os.environ["KERAS_BACKEND"] = name
+    if name == "tensorflow":
+        import_tensorflow()
+    import keras
+
+    if keras.backend.backend() != name:
+        raise ConfigError(f"keras is already loaded on {keras.backend.backend()}, not {name}: set KERAS_BACKEND "
+                          "before the process starts")
+    if name != "tensorflow":
+        # Keras checks some objects against TensorFlow's types, importing TensorFlow to do so wherever it is
+        # installed: seconds and hundreds of MiB in a JAX or PyTorch worker, for types it never sees there.
+        lazy = getattr(getattr(keras.src.utils, "module_utils", None), "tensorflow", None)
+        if lazy is not None and getattr(lazy, "module", None) is None:
+            lazy._available = False
+    return keras
+
+
+def configure(device: str = "auto", *, threads: int | None = None, backend_name: str | None = None) -> str:
+    """Apply the device setting before the backend runs anything; returns a description such as
+    'GPU:0 (NVIDIA H100)' or 'CPU'.
 
     threads: how many threads one model call may use (intra-op), one op at a time (inter-op); None leaves
-    TensorFlow's default, a thread per core in each process, which several worker processes fight over.
+    the backend's default, a thread per core in each process, which several worker processes fight over.
+    backend_name: serve with this backend whatever KERAS_BACKEND says (training always uses TensorFlow).
     """
+    if backend_name is not None:
+        if "keras" in sys.modules and sys.modules["keras"].backend.backend() != backend_name:
+            raise ConfigError(f"keras is already loaded on {sys.modules['keras'].backend.backend()}, "
+                              f"not {backend_name}")
+        os.environ["KERAS_BACKEND"] = backend_name
+    configure_backend = {"tensorflow": _tensorflow, "jax": _jax, "torch": _torch}[backend()]
+    return configure_backend(device, threads)
+
+
+def _no_gpu(device: str, name: str) -> str:
+    if device == "gpu":
+        raise ConfigError(f"device=gpu but {name} sees no GPU (check CUDA_VISIBLE_DEVICES, the driver and that "
+                          f"{name} was installed with GPU support)")
+    return "CPU"
+
+
+def _tensorflow(device: str, threads: int | None) -> str:
     tf = import_tensorflow()
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -68,13 +120,54 @@ def configure(device: str = "auto", *, threads: int | None = None) -> str:
 
     gpus = tf.config.list_physical_devices("GPU")
     if device == "cpu" or not gpus:
-        if device == "gpu":
-            raise ConfigError("device=gpu but TensorFlow sees no GPU (check CUDA_VISIBLE_DEVICES and the driver)")
         if gpus:
             tf.config.set_visible_devices([], "GPU")
-        return "CPU"
+        return _no_gpu(device, "TensorFlow")
     for gpu in gpus:
         # Without memory growth one process grabs the whole card; growth lets others share it.
         tf.config.experimental.set_memory_growth(gpu, True)
     details = tf.config.experimental.get_device_details(gpus[0])
     return f"GPU:0 ({details.get('device_name', gpus[0].name)})" + (f" +{len(gpus) - 1} more" if len(gpus) > 1 else "")
+
+
+def _jax(device: str, threads: int | None) -> str:
+    # Read when JAX first starts a device client, so set before anything runs. Without this each process
+    # takes 75 % of the card at its first call, and a second worker process sharing the GPU fails.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if threads:
+        flags = [] if threads > 1 else ["--xla_cpu_multi_thread_eigen=false"]
+        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *flags,
+                                            f"intra_op_parallelism_threads={threads}"]).strip()
+    if device == "cpu":
+        os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+
+    if device == "cpu":
+        jax.config.update("jax_platforms", "cpu")
+        return "CPU"
+    try:
+        gpus = jax.devices("gpu")
+    except RuntimeError:  # no GPU plugin, or no GPU it can use
+        gpus = []
+    if not gpus:
+        return _no_gpu(device, "JAX")
+    return f"GPU:0 ({gpus[0].device_kind})" + (f" +{len(gpus) - 1} more" if len(gpus) > 1 else "")
+
+
+def _torch(device: str, threads: int | None) -> str:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # only allowed before the first parallel work
+            pass
+    # Keras reads KERAS_TORCH_DEVICE when it loads (configure comes first); PyTorch's caching allocator
+    # takes GPU memory as needed, so processes share the card.
+    if device == "cpu" or not torch.cuda.is_available():
+        os.environ["KERAS_TORCH_DEVICE"] = "cpu"
+        return _no_gpu(device, "PyTorch")
+    os.environ.setdefault("KERAS_TORCH_DEVICE", "cuda")
+    count = torch.cuda.device_count()
+    return f"GPU:0 ({torch.cuda.get_device_name(0)})" + (f" +{count - 1} more" if count > 1 else "")

@@ -49,7 +49,7 @@ class Settings:
     umask: str = _setting("", "Octal umask for results files, results.csv and moved originals, e.g. 002 for a "
                           "results folder shared by a group; empty: the process's own")
     state: Path = _setting(Path(".digits"), "Local state folder (embedded Redis data, logs)")
-    device: str = _setting("auto", "auto (GPU when TensorFlow sees one), cpu or gpu")
+    device: str = _setting("auto", "auto (GPU when the Keras backend sees one), cpu or gpu")
     max_image_bytes: int = _setting(20_000_000, "Largest accepted image file or payload, in bytes")
     max_pixels: int = _setting(40_000_000, "Largest accepted image or rendered PDF page, in pixels (checked before "
                                "decoding)")

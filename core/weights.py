@@ -73,10 +73,9 @@ def temperature(weights: Path, version: str) -> float:
 
 def load(weights: Path, version: str | None = None):
     """(keras model, version) for a version, by default the current one."""
-    from core.device import import_tensorflow
+    from core.device import import_keras
 
-    import_tensorflow()
-    import keras
+    keras = import_keras()
 
     version = version or current_version(weights)
     if version is None:

@@ -112,7 +112,8 @@ def format_report(report: dict[str, Any]) -> str:
         if "error" in entry:
             lines.append(f"  {entry['node']}: no digits_info ({entry['error']})")
             continue
-        lines.append(f"  {entry['node']}: {entry.get('device', '?')}, model {entry.get('model', '?')}, "
+        lines.append(f"  {entry['node']}: {entry.get('device', '?')} ({entry.get('backend') or 'tensorflow'}), "
+                     f"model {entry.get('model', '?')}, "
                      f"{entry.get('images', 0)} images in {entry.get('batches', 0)} batches, "
                      f"{float(entry.get('images_per_second') or 0):.1f} images/s, since {entry.get('started_at', '?')}")
     return "\n".join(lines)

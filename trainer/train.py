@@ -117,7 +117,7 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
     `promote` says so). Nothing is published on failure."""
     architectures.check_architecture(arch)
     weights_store.check_writable(weights)
-    device_name = configure(device)
+    device_name = configure(device, backend_name="tensorflow")  # training stays on TensorFlow
     import keras
     import tensorflow as tf
 

@@ -135,9 +135,9 @@ def stop_runtime(**kwargs) -> None:
 
 @inspect_command(name=protocol.INFO_COMMAND)
 def digits_info(state) -> dict:
-    """Device, weights version, batches, images, average batch size, images/s over the last minute."""
+    """Keras backend, device, weights version, batches, images, average batch size, images/s over the last minute."""
     current = runtime.running()
     if current is None:
-        return {"device": None, "model": None, "batches": 0, "images": 0, "average_batch_size": 0.0,
+        return {"backend": None, "device": None, "model": None, "batches": 0, "images": 0, "average_batch_size": 0.0,
                 "images_per_second": 0.0, "started_at": None}
     return current.info()

@@ -23,9 +23,9 @@ def for_inference(model):
         layer, following = layers[index], layers[index + 1] if index + 1 < len(layers) else None
         kind = type(layer).__name__
         if kind == "Conv2D" and type(following).__name__ == "BatchNormalization":
-            kernel = layer.kernel.numpy()
-            bias = layer.bias.numpy() if layer.use_bias else np.zeros(kernel.shape[-1], np.float32)
-            gamma, beta, mean, variance = (weight.numpy() for weight in following.weights)
+            kernel = keras.ops.convert_to_numpy(layer.kernel)
+            bias = keras.ops.convert_to_numpy(layer.bias) if layer.use_bias else np.zeros(kernel.shape[-1], np.float32)
+            gamma, beta, mean, variance = (keras.ops.convert_to_numpy(weight) for weight in following.weights)
             scale = gamma / np.sqrt(variance + following.epsilon)
             after = layers[index + 2] if index + 2 < len(layers) else None
             plain_relu = type(after).__name__ == "ReLU" and after.get_config().get("max_value") is None

@@ -26,27 +26,79 @@ class Predictor:
 
 
 def compile_predictor(model, version: str, *, temperature: float = 1.0) -> Predictor:
-    """Wrap a Keras model (batch norms folded away) in one traced function for any batch size, with its
-    calibration applied to what it answers, and warm it up with one inference."""
-    import tensorflow as tf
+    """Wrap a Keras model (batch norms folded away) in one compiled forward pass on its backend, with its
+    calibration applied to what it answers, and warm it up."""
+    import keras
 
     from core.calibration import scale
 
-    model = for_inference(model)
+    forward = FORWARDS[keras.backend.backend()](for_inference(model))
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        batch = np.asarray(images, dtype=np.float32).reshape(-1, *weights_store.INPUT_SHAPE)
+        return scale(forward(batch), temperature)
+
+    probabilities = predict(np.zeros((1, *weights_store.GLYPH_SHAPE), dtype=np.float32))
+    if probabilities.shape[1:] not in [(n,) for n in weights_store.OUTPUTS] or not np.all(np.isfinite(probabilities)):
+        raise WeightsError(f"weights version {version} gives output {probabilities.shape} with non-finite values")
+    return Predictor(version=version, predict=predict)
+
+
+def _tensorflow_forward(model) -> Callable[[np.ndarray], np.ndarray]:
+    """One tf.function traced once for any batch size."""
+    import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec([None, *weights_store.INPUT_SHAPE], tf.float32)],
                  reduce_retracing=True)
     def forward(images):
         return model(images, training=False)
 
-    def predict(images: np.ndarray) -> np.ndarray:
-        batch = np.asarray(images, dtype=np.float32).reshape(-1, *weights_store.INPUT_SHAPE)
-        return scale(forward(tf.constant(batch)).numpy(), temperature)
+    return lambda batch: forward(tf.constant(batch)).numpy()
 
-    probabilities = predict(np.zeros((1, *weights_store.GLYPH_SHAPE), dtype=np.float32))
-    if probabilities.shape[1:] not in [(n,) for n in weights_store.OUTPUTS] or not np.all(np.isfinite(probabilities)):
-        raise WeightsError(f"weights version {version} gives output {probabilities.shape} with non-finite values")
-    return Predictor(version=version, predict=predict)
+
+# jax.jit compiles once per input shape: batches are padded to the next of these sizes (then to a
+# multiple of the largest), so a worker compiles a handful of shapes, all at warm-up, never mid-burst.
+JAX_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def _jax_forward(model) -> Callable[[np.ndarray], np.ndarray]:
+    """The model's stateless call under jax.jit, the weights passed in (not baked into the program)."""
+    import jax
+
+    trainable = [variable.value for variable in model.trainable_variables]
+    non_trainable = [variable.value for variable in model.non_trainable_variables]
+
+    @jax.jit
+    def call(trainable, non_trainable, images):
+        outputs, _ = model.stateless_call(trainable, non_trainable, images, training=False)
+        return outputs
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        count = len(batch)
+        size = next((size for size in JAX_BATCH_SIZES if size >= count), None)
+        size = size or -(-count // JAX_BATCH_SIZES[-1]) * JAX_BATCH_SIZES[-1]
+        if size != count:
+            batch = np.concatenate([batch, np.zeros((size - count, *batch.shape[1:]), batch.dtype)])
+        return np.asarray(call(trainable, non_trainable, batch))[:count]
+
+    for size in JAX_BATCH_SIZES:
+        forward(np.zeros((size, *weights_store.INPUT_SHAPE), np.float32))
+    return forward
+
+
+def _torch_forward(model) -> Callable[[np.ndarray], np.ndarray]:
+    """The model called under torch.inference_mode (no autograd records) on the device Keras chose."""
+    import keras
+    import torch
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return keras.ops.convert_to_numpy(model(batch, training=False))
+
+    return forward
+
+
+FORWARDS = {"tensorflow": _tensorflow_forward, "jax": _jax_forward, "torch": _torch_forward}
 
 
 def load_predictor(weights: Path, version: str | None = None) -> Predictor:

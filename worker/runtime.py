@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Runtime:
     settings: Settings
+    backend: str  # the Keras backend serving: tensorflow, jax or torch
     device: str
     holder: ModelHolder
     batcher: Batcher
@@ -26,7 +27,8 @@ class Runtime:
 
     def info(self) -> dict[str, Any]:
         """What the digits_info inspect command answers."""
-        return {"device": self.device, "model": self.holder.current.version, **self.batcher.stats.snapshot()}
+        return {"backend": self.backend, "device": self.device, "model": self.holder.current.version,
+                **self.batcher.stats.snapshot()}
 
 
 _runtime: Runtime | None = None
@@ -54,7 +56,7 @@ def start() -> Runtime:
         if _runtime is not None:
             return _runtime
         from core.brokers import redis_client
-        from core.device import configure
+        from core.device import backend, configure
 
         current = settings()
         if current.umask:
@@ -67,10 +69,11 @@ def start() -> Runtime:
         batcher.start()
         holder.start_polling()
         client = redis_client(current.effective_broker_url)
-        _runtime = Runtime(settings=current, device=device, holder=holder, batcher=batcher, redis=client)
-        log.info("worker ready on %s with weights version %s from %s (batch_size %d, batch_wait_ms %s, "
-                 "%d TensorFlow thread(s) per model call, %d job thread(s))", device, predictor.version,
-                 current.weights, current.batch_size, current.batch_wait_ms, current.model_threads,
+        _runtime = Runtime(settings=current, backend=backend(), device=device, holder=holder, batcher=batcher,
+                           redis=client)
+        log.info("worker ready on %s (Keras backend %s) with weights version %s from %s (batch_size %d, "
+                 "batch_wait_ms %s, %d thread(s) per model call, %d job thread(s))", device, _runtime.backend,
+                 predictor.version, current.weights, current.batch_size, current.batch_wait_ms, current.model_threads,
                  current.concurrency)
         return _runtime
 
