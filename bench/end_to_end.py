@@ -20,6 +20,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,22 +88,75 @@ def start_with_probe(pipeline: Pipeline, probe: tuple[str, bytes, int]) -> float
     return finished - started
 
 
-def throughput_run(pipeline: Pipeline, files: list[tuple[str, bytes, int]]) -> tuple[float, dict[str, float], float]:
-    """Drop files at once, wait for every result; images/s, each process's CPU ms per image, and the share
-    of the machine's cores kept busy meanwhile."""
+def throughput_run(pipeline: Pipeline, files: list[tuple[str, bytes, int]]
+                   ) -> tuple[float, dict[str, float], float, dict[str, float]]:
+    """Drop files at once, wait for every result; images/s, each process's CPU ms per image, the share
+    of the machine's cores kept busy meanwhile, and the workers' model calls (and the GPU's load, where
+    nvidia-smi answers) during the burst."""
     names = pipeline.stage([(name, data) for name, data, _ in files])
     images = sum(pages for _, _, pages in files)
     before = pipeline.done()
     pids = pipeline.pids(redis=True)
+    calls_before = model_calls(pipeline)
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     busy_before, total_before = machine_busy_seconds()
-    started = time.monotonic()
-    pipeline.drop(names)
-    finished = pipeline.wait_done(before + len(files), timeout=3600)
+    with GpuSampler() as gpu:
+        started = time.monotonic()
+        pipeline.drop(names)
+        finished = pipeline.wait_done(before + len(files), timeout=3600)
     busy_after, total_after = machine_busy_seconds()
     cpu = {name: (cpu_seconds(pid) - cpu_before[name]) * 1000 / images for name, pid in pids.items()}
     cpu["service"] = sum(cpu.values())
-    return images / (finished - started), cpu, (busy_after - busy_before) / max(1e-9, total_after - total_before)
+    batches, glyphs, seconds = (after - earlier for after, earlier in zip(model_calls(pipeline), calls_before))
+    model = {"batch_ms": 1000 * seconds / max(1, batches), "batch_images": glyphs / max(1, batches), **gpu.figures()}
+    return (images / (finished - started), cpu, (busy_after - busy_before) / max(1e-9, total_after - total_before),
+            model)
+
+
+def model_calls(pipeline: Pipeline) -> tuple[int, int, float]:
+    """(batches, images, seconds spent in model calls) of all workers so far, from their digits_info."""
+    from digits.status import workers
+
+    batches = images = 0
+    seconds = 0.0
+    for entry in workers(pipeline.settings.broker_url, timeout=5.0, limit=pipeline.worker_count):
+        count = int(entry.get("batches") or 0)
+        batches += count
+        images += int(entry.get("images") or 0)
+        seconds += float(entry.get("average_compute_ms") or 0.0) * count / 1000
+    return batches, images, seconds
+
+
+class GpuSampler:
+    """The GPU's utilisation and memory in use, every 200 ms while a burst runs, from nvidia-smi (nothing
+    where it is not installed)."""
+
+    def __enter__(self) -> "GpuSampler":
+        self.samples: list[tuple[float, float]] = []
+        self.process = None
+        if shutil.which("nvidia-smi"):
+            self.process = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+                                             "--format=csv,noheader,nounits", "-lms", "200"],
+                                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        output, _ = self.process.communicate(timeout=10)
+        for line in output.splitlines():
+            try:
+                utilisation, memory = (float(value) for value in line.split(",")[:2])
+            except ValueError:
+                continue
+            self.samples.append((utilisation, memory))
+
+    def figures(self) -> dict[str, float]:
+        if not self.samples:
+            return {}
+        return {"gpu_busy": statistics.mean(value for value, _ in self.samples) / 100,
+                "gpu_memory_mib": max(memory for _, memory in self.samples)}
 
 
 def latencies(pipeline: Pipeline, files: list[tuple[str, bytes, int]], *, pause: float) -> list[float]:
@@ -155,7 +209,7 @@ def benchmark(options: argparse.Namespace, pool, root: Path) -> int:
         with MemorySampler(pipeline.pids()) as sampler:
             for run in range(1, options.runs + 1):
                 files = files_for(pool, options.files, prefix=f"r{run}")
-                end_to_end, cpu, busy = throughput_run(pipeline, files)
+                end_to_end, cpu, busy, calls = throughput_run(pipeline, files)
                 clear_processed(pipeline)
                 cpu_started = time.process_time()
                 limit, images = in_process_rate([data for _, data, _ in files], predictor=predictor,
@@ -167,7 +221,8 @@ def benchmark(options: argparse.Namespace, pool, root: Path) -> int:
                 clear_processed(pipeline)
                 rows.append({"end_to_end": end_to_end, "limit": limit, "original": original,
                              "p50": percentile(waits, 0.5) * 1000, "p95": percentile(waits, 0.95) * 1000,
-                             "service_cpu": cpu["service"], "in_process_cpu": cpu["in-process"], "busy": busy})
+                             "service_cpu": cpu["service"], "in_process_cpu": cpu["in-process"], "busy": busy,
+                             **calls})
                 row = rows[-1]
                 print(f"run {run}: end-to-end {end_to_end:7.1f} images/s | in-process limit {limit:7.1f} | "
                       f"ratio {end_to_end / limit:.2f} | original {original:5.1f} images/s "
@@ -176,6 +231,9 @@ def benchmark(options: argparse.Namespace, pool, root: Path) -> int:
                 print("       CPU ms per image: " + ", ".join(f"{name} {value:.2f}" for name, value in cpu.items())
                       + f" | service / in-process {cpu['service'] / cpu['in-process']:.2f} | cores busy "
                       f"{busy:.0%}", flush=True)
+                print(f"       model calls: {calls['batch_ms']:.2f} ms per batch of {calls['batch_images']:.1f} "
+                      "images on average" + (f" | GPU busy {calls['gpu_busy']:.0%}, {calls['gpu_memory_mib']:.0f} "
+                                             "MiB in use" if "gpu_busy" in calls else ""), flush=True)
         report(rows, sampler=sampler, pipeline=pipeline, options=options, startup=startup)
     finally:
         pipeline.stop()
@@ -200,6 +258,10 @@ def report(rows, *, sampler: MemorySampler, pipeline: Pipeline, options, startup
     print(f"  in-process CPU per image     {median('in_process_cpu'):8.2f} ms")
     print(f"  service / in-process CPU     {cpu_ratio:8.2f}      (target <= 1.25)")
     print(f"  cores kept busy in the burst {median('busy'):8.0%}")
+    print(f"  model call (batch of {median('batch_images'):.0f})  {median('batch_ms'):8.2f} ms (in the workers' batchers)")
+    if all("gpu_busy" in row for row in rows):
+        print(f"  GPU busy in the burst        {median('gpu_busy'):8.0%}      (nvidia-smi utilisation, every 200 ms)")
+        print(f"  GPU memory in use (peak)     {max(row['gpu_memory_mib'] for row in rows):8.0f} MiB")
     print(f"  single image, idle: p50      {median('p50'):8.0f} ms        (target <= 50)")
     print(f"  single image, idle: p95      {median('p95'):8.0f} ms")
     print(f"  worker start-up to first result {startup:5.2f} s")

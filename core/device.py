@@ -134,10 +134,9 @@ def _jax(device: str, threads: int | None) -> str:
     # Read when JAX first starts a device client, so set before anything runs. Without this each process
     # takes 75 % of the card at its first call, and a second worker process sharing the GPU fails.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    if threads:
-        flags = [] if threads > 1 else ["--xla_cpu_multi_thread_eigen=false"]
-        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *flags,
-                                            f"intra_op_parallelism_threads={threads}"]).strip()
+    if threads == 1:
+        # XLA's CPU client has no thread count, only this: one thread per call instead of one per core.
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
     if device == "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"
     import jax

@@ -1,0 +1,1 @@
+"""Benchmarks on a lent GPU machine (see __main__.py)."""
