@@ -71,8 +71,9 @@ class Settings:
                                 "more threads than cores only pass Python's GIL around")
     workers: int = _setting(0, "Worker processes `digits up` starts, each with the model loaded; 0: one per CPU "
                             "core, at most 4 (one Python process uses about one core)")
-    tf_threads: int = _setting(0, "Threads TensorFlow gives one model call in each worker process; 0: the cores "
-                               "this process may use divided among the worker processes (DIGITS_WORKERS)")
+    tf_threads: int = _setting(0, "Threads one model call may use in each worker process (TensorFlow's or "
+                               "PyTorch's; JAX on the CPU takes 1 or all); 0: the cores this process may use "
+                               "divided among the worker processes (DIGITS_WORKERS)")
     visibility_timeout: float = _setting(30.0, "Seconds a job held by a worker that stopped sending heartbeats "
                                          "(killed, frozen, its machine gone) waits before another worker gets it")
     job_retries: int = _setting(10, "Times a job is retried, with backoff up to a minute, after transient trouble "
