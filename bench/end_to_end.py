@@ -188,7 +188,7 @@ def load_models(settings):
     from core.device import configure
     from worker.holder import compile_predictor
 
-    configure(settings.device)
+    configure(settings.device, threads=settings.model_threads)  # as each worker process is configured
     model, version = weights_store.load(settings.weights)
     return compile_predictor(model, version), model, version
 
