@@ -258,7 +258,8 @@ def report(rows, *, sampler: MemorySampler, pipeline: Pipeline, options, startup
     print(f"  in-process CPU per image     {median('in_process_cpu'):8.2f} ms")
     print(f"  service / in-process CPU     {cpu_ratio:8.2f}      (target <= 1.25)")
     print(f"  cores kept busy in the burst {median('busy'):8.0%}")
-    print(f"  model call (batch of {median('batch_images'):.0f})  {median('batch_ms'):8.2f} ms (in the workers' batchers)")
+    print(f"  model call (batch of {median('batch_images'):.0f})  {median('batch_ms'):8.2f} ms "
+          "(wall time in the workers' batchers)")
     if all("gpu_busy" in row for row in rows):
         print(f"  GPU busy in the burst        {median('gpu_busy'):8.0%}      (nvidia-smi utilisation, every 200 ms)")
         print(f"  GPU memory in use (peak)     {max(row['gpu_memory_mib'] for row in rows):8.0f} MiB")

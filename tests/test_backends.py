@@ -9,7 +9,7 @@ import json
 
 import pytest
 from celery import Celery
-from conftest import RedisServer, csv_rows
+from conftest import RedisServer, csv_rows, run_digits
 from worker_harness import WorkerProcess, blank_scan, scan_of, serving_weights
 
 from bench import documents
@@ -112,5 +112,7 @@ def test_a_jax_worker_answers_recognize_and_reports_its_backend(workers):
     replies = client.control.inspect(timeout=10, limit=1)._request(protocol.INFO_COMMAND)
     (info,) = replies.values()
     assert info["backend"] == "jax" and info["device"] == "CPU" and info["images"] >= 4
-    _, process, _ = workers["jax"]
+    redis, process, _ = workers["jax"]
     assert "worker ready on CPU (Keras backend jax)" in process.log_text()
+    status = run_digits("status", "--broker-url", redis.url, "--timeout", "5", timeout=60)
+    assert status.returncode == 0 and ": CPU (jax), model " in status.stdout, status.stdout + status.stderr

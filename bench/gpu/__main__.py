@@ -116,8 +116,8 @@ def run(options: argparse.Namespace) -> int:
                         "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, wheels)], check=True)
     cores = os.cpu_count() or 1
     workers = options.workers or max(1, cores // 2)
-    environment = dict(os.environ,
-                       PYTHONPATH=os.pathsep.join([str(ROOT), str(site), os.environ.get("PYTHONPATH", "")]),
+    paths = [str(ROOT), str(site), os.environ.get("PYTHONPATH")]
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, paths)),
                        PYTHONUNBUFFERED="1", KERAS_BACKEND=options.backend, DIGITS_DEVICE=options.device,
                        DIGITS_WORKERS=str(workers), DIGITS_TF_THREADS=str(max(1, cores // workers)))
     print(f"{cores} cores: {workers} worker processes of {max(1, cores // workers)} cores each sharing the GPU, "
