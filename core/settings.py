@@ -46,6 +46,8 @@ class Settings:
     on_success: str = _setting("move", "What happens to an original after success: move, keep or delete")
     on_error: str = _setting("move", "What happens to an original after an error: move, keep or delete")
     weights: Path = _setting(SHIPPED_WEIGHTS, "Folder of published weights versions (pointer file CURRENT)")
+    templates: str = _setting("", "Folder of form templates <name>.json; files in INBOX/<name>/ are read "
+                               "with <name>.json. Empty: templates/ beside the weights folder")
     umask: str = _setting("", "Octal umask for results files, results.csv and moved originals, e.g. 002 for a "
                           "results folder shared by a group; empty: the process's own")
     state: Path = _setting(Path(".digits"), "Local state folder (embedded Redis data, logs)")
@@ -106,6 +108,10 @@ class Settings:
             raise ConfigError("job_retries must not be negative")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
+
+    @property
+    def template_folder(self) -> Path:
+        return Path(self.templates) if self.templates else self.weights.parent / "templates"
 
     @property
     def worker_processes(self) -> int:

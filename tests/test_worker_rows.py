@@ -130,10 +130,10 @@ def test_a_file_that_breaks_the_reader_fails_alone_and_an_unreadable_one_waits(t
 
     settings = Settings(inbox=tmp_path / "inbox", results=tmp_path / "results")
     settings.inbox.mkdir()
-    runtime = SimpleNamespace(settings=settings, redis=redis_client,
+    runtime = SimpleNamespace(settings=settings, redis=redis_client, templates=None,
                               holder=SimpleNamespace(current=SimpleNamespace(version="v1")))
 
-    def broken_reader(data, settings):
+    def broken_reader(data, settings, template=None):
         raise ValueError("a bug this file triggers")
 
     monkeypatch.setattr(recognition, "prepare", broken_reader)

@@ -9,6 +9,7 @@ model's call (its "not a digit" class), so printed labels reach it as glyphs and
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import io
 import itertools
@@ -114,6 +115,7 @@ class Page:
 
     index: int
     numbers: tuple[Number, ...]
+    size: tuple[int, int] = (0, 0)  # width and height in the page's pixels, the units of the boxes
 
     @property
     def glyphs(self) -> tuple[Glyph, ...]:
@@ -121,22 +123,69 @@ class Page:
 
 
 def normalise(source: bytes | str | os.PathLike, *, max_pixels: int = 40_000_000,
-              max_bytes: int = 20_000_000, pdf_dpi: int = 150) -> list[Page]:
-    """Every page of an image file or PDF as numbers of MNIST-style glyphs.
+              max_bytes: int = 20_000_000, pdf_dpi: int = 150,
+              regions: list[tuple[int, tuple[float, float, float, float]]] | None = None) -> list[Page]:
+    """Every page of an image file or PDF as numbers of MNIST-style glyphs; with `regions` ((page, (left,
+    top, right, bottom) as fractions of that page)), each region of its page on its own instead, as one
+    Page per region in their order (index: the region's), boxes still in the page's pixels.
 
     Raises a core.errors.BadInput subclass (EmptyFile, NotAnImage, UnsupportedImage, ImageTooLarge,
     ImageTooSmall) for bad input; never anything else for any bytes.
     """
     data = _read(source, max_bytes=max_bytes)
     if PDF_MAGIC in data[:1024]:
-        return [Page(index, _find_numbers(page_image, 1.0))
-                for index, page_image in enumerate(_pdf_pages(data, dpi=pdf_dpi, max_pixels=max_pixels))]
-    image = _open(data)
-    pages = []
-    for index in range(_page_count(image)):
-        page_image, scale = _decode_page(image, index, max_pixels=max_pixels)
-        pages.append(Page(index, _find_numbers(page_image, scale)))
-    return pages
+        decoded = ((page_image, 1.0) for page_image in _pdf_pages(data, dpi=pdf_dpi, max_pixels=max_pixels))
+    else:
+        image = _open(data)
+        decoded = (_decode_page(image, index, max_pixels=max_pixels) for index in range(_page_count(image)))
+    if regions is not None:
+        wanted = {page for page, _ in regions}
+        kept = {index: page for index, page in enumerate(decoded) if index in wanted}
+        return [_region(kept.get(page), number, box) for number, (page, box) in enumerate(regions)]
+    return [Page(index, _find_numbers(page_image, scale), _size(page_image, scale))
+            for index, (page_image, scale) in enumerate(decoded)]
+
+
+def _size(page_image: Image.Image, scale: float) -> tuple[int, int]:
+    return round(page_image.size[0] * scale), round(page_image.size[1] * scale)
+
+
+def _region(decoded: tuple[Image.Image, float] | None, number: int, box: tuple[float, float, float, float]) -> Page:
+    """One region of a decoded page read on its own (a form's field), its boxes moved back into the page's
+    pixels; no numbers where the file has no such page or the region holds too few pixels."""
+    if decoded is None:
+        return Page(number, (), (0, 0))
+    page_image, scale = decoded
+    width, height = page_image.size
+    left, top = max(0, math.floor(box[0] * width)), max(0, math.floor(box[1] * height))
+    right, bottom = min(width, math.ceil(box[2] * width)), min(height, math.ceil(box[3] * height))
+    if right - left < MIN_SIDE or bottom - top < MIN_SIDE:
+        return Page(number, (), _size(page_image, scale))
+    region = page_image.crop((left, top, right, bottom))
+    # Set on a wider sheet of its own paper: a box filling most of the region is then found as a box (in
+    # the bare region its sides made much of the paper estimate), as on a whole page.
+    pad = max(region.size) // 4
+    edge = np.concatenate([np.asarray(part).reshape(-1, len(region.getbands())) for part in
+                           (region.crop((0, 0, region.width, 1)), region.crop((0, region.height - 1, region.width,
+                                                                                 region.height)))])
+    paper = tuple(int(value) for value in np.median(edge, axis=0))
+    sheet = Image.new(region.mode, (region.width + 2 * pad, region.height + 2 * pad),
+                      paper[0] if len(paper) == 1 else paper)
+    sheet.paste(region, (pad, pad))
+    found = _find_numbers(sheet, scale)
+    dx, dy = round((left - pad) * scale), round((top - pad) * scale)
+    return Page(number, tuple(_moved(found_number, dx, dy) for found_number in found), _size(page_image, scale))
+
+
+def _moved(item, dx: int, dy: int):
+    """A Number or Glyph (and its glyphs or pieces) with its boxes moved by (dx, dy)."""
+    left, top, right, bottom = item.box
+    moved = {"box": (left + dx, top + dy, right + dx, bottom + dy)}
+    if isinstance(item, Number):
+        moved["glyphs"] = tuple(_moved(glyph, dx, dy) for glyph in item.glyphs)
+    else:
+        moved["pieces"] = tuple(_moved(piece, dx, dy) for piece in item.pieces)
+    return dataclasses.replace(item, **moved)
 
 
 # --- reading and decoding ----------------------------------------------------------------------

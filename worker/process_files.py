@@ -15,6 +15,7 @@ from typing import Any
 from core import ledger, protocol
 from core.errors import BadInput, ImageTooLarge, NotAnImage, UnsafePath
 from core.settings import Settings
+from core.templates import Template, TemplateError
 from worker import recognition
 from worker import results_files as results
 from worker.runtime import Runtime
@@ -35,6 +36,7 @@ class InboxFile:
     identity: tuple[int, int, int] | None = None  # inode, size, mtime when read: detects a replaced file
     missing: bool = False
     pending: recognition.Pending | None = None
+    template: Template | None = None  # the form template the file's inbox folder names
     result: dict[str, Any] | None = None
     summary: dict[str, Any] | None = None
 
@@ -56,7 +58,8 @@ def process(files: Any, *, runtime: Runtime, job: str, worker: str) -> list[dict
     for entry in open_entries:
         if entry.pending is not None:
             entry.result = recognition.finish(entry.pending, source=entry.relative, sha256=entry.sha256,
-                                              worker=worker, job=job, review_below=settings.review_below)
+                                              worker=worker, job=job, review_below=settings.review_below,
+                                              template=entry.template)
     _conclude(open_entries, settings=settings, runtime=runtime, job=job, drops=drops)
     return [entry.summary for entry in entries]
 
@@ -118,7 +121,12 @@ def _read(raw: Any, *, settings: Settings, runtime: Runtime, job: str, worker: s
                 ledger.finish_many(runtime.redis, [(relative, entry.sha256, False)])
             entry.summary = protocol.summary(relative, protocol.STALE)
             return entry
-        entry.pending = recognition.prepare(data, settings)
+        entry.template = runtime.templates.for_path(relative) if runtime.templates is not None else None
+        entry.pending = recognition.prepare(data, settings, entry.template)
+    except TemplateError as error:
+        log.warning("job %s: %s cannot be read as a form: %s", job, relative, error)
+        entry.result = protocol.result(relative, error=f"TemplateError: {error}", model=model, sha256=entry.sha256,
+                                       worker=worker, job=job)
     except BadInput as error:
         log.info("job %s: %s is bad input: %s", job, relative, error)
         entry.result = protocol.result(relative, error=f"{type(error).__name__}: {error}", model=model,
@@ -195,6 +203,9 @@ def _conclude(entries: list[InboxFile], *, settings: Settings, runtime: Runtime,
     results.write_json_files([(results.result_path(settings.results, entry.relative), entry.result)
                              for entry in entries])
     record_rows(runtime, [(entry.result, entry.sha256) for entry in entries], job=job, drops=drops)
+    for template in {entry.template.name: entry.template for entry in entries if entry.template}.values():
+        record_rows(runtime, [(entry.result, entry.sha256) for entry in entries if entry.template is template],
+                    job=job, drops=drops, sheet=results.form_sheet(settings.results, template))
     finished = []
     for entry in entries:
         disposition = settings.on_error if entry.result["status"] == protocol.ERROR else settings.on_success
@@ -232,9 +243,10 @@ def record_row(runtime: Runtime, result: dict[str, Any], *, job: str, sha256: st
 
 
 def record_rows(runtime: Runtime, rows: list[tuple[dict[str, Any], str]], *, job: str,
-                drops: dict[tuple[str, str], str] | None = None) -> None:
-    """Append the csv rows of (result, sha256) pairs and count them, exactly once per drop of each file (per
-    job and file for files no ledger claim knows).
+                drops: dict[tuple[str, str], str] | None = None, sheet: results.Sheet | None = None) -> None:
+    """Append the csv rows of (result, sha256) pairs to results.csv and count them (or to a form template's
+    sheet, not counted), exactly once per drop of each file (per job and file for files no ledger claim
+    knows).
 
     A Redis mark per file first records the csv size and the job ("at:<offset>:<job>"), then the rows are
     appended in one write, then the marks become "done" together with the counters. A delivery after a
@@ -243,50 +255,53 @@ def record_rows(runtime: Runtime, rows: list[tuple[dict[str, Any], str]], *, job
     for the whole job.
     """
     client = runtime.redis
-    csv_path = runtime.settings.results / results.CSV_NAME
+    sheet = sheet or results.results_sheet(runtime.settings.results)
     ttl = int(2 * runtime.settings.visibility_timeout + 3600)
     drops = drops or {}
-    keyed = {_row_mark(result["source"], sha256, drop=drops.get((result["source"], sha256)), job=job): result
-             for result, sha256 in rows}
+    keyed = {_row_mark(result["source"], sha256, drop=drops.get((result["source"], sha256)), job=job,
+                       sheet=sheet.key): result for result, sha256 in rows}
     marks = client.mget(list(keyed)) if keyed else []
     appended, found = {}, {}
     for (key, result), mark in zip(keyed.items(), marks):
         if mark == DONE:
             continue
-        if mark and mark.startswith(b"at:") and _row_after_mark(csv_path, mark, job=job, source=result["source"]):
+        if mark and mark.startswith(b"at:") and _row_after_mark(sheet, mark, job=job, source=result["source"]):
             found[key] = result
         else:
             appended[key] = result
     if appended:
-        offset = results.csv_size(csv_path)
+        offset = results.csv_size(sheet)
         pipe = client.pipeline(transaction=False)
         for key in appended:
             pipe.set(key, f"at:{offset}:{job}", ex=ttl)
         pipe.execute()
-        results.append_rows(csv_path, list(appended.values()))
+        results.append_rows(sheet, list(appended.values()))
     if appended or found:
-        _mark_done(client, {**found, **appended}, ttl=ttl)
+        _mark_done(client, {**found, **appended}, ttl=ttl, count=not sheet.key)
 
 
-def _row_after_mark(csv_path, mark: bytes, *, job: str, source: str) -> bool:
-    """Whether the row a mark "at:<offset>[:<job>]" announced is in results.csv: written after that offset by
+def _row_after_mark(sheet: results.Sheet, mark: bytes, *, job: str, source: str) -> bool:
+    """Whether the row a mark "at:<offset>[:<job>]" announced is in the sheet: written after that offset by
     the job that set the mark (another job carrying the same drop, or an earlier delivery of this one)."""
     offset, _, marking_job = mark[3:].decode().partition(":")
-    return results.has_row(csv_path, offset=int(offset), job=marking_job or job, source=source)
+    return results.has_row(sheet, offset=int(offset), job=marking_job or job, source=source)
 
 
-def _mark_done(client, keyed: dict[str, dict[str, Any]], *, ttl: int) -> None:
+def _mark_done(client, keyed: dict[str, dict[str, Any]], *, ttl: int, count: bool = True) -> None:
     pipe = client.pipeline(transaction=True)
     for key in keyed:
         pipe.set(key, DONE, ex=ttl)
-    for status, count in collections.Counter(result["status"] for result in keyed.values()).items():
-        pipe.incrby(protocol.counter_key(status), count)
+    if count:
+        for status, number in collections.Counter(result["status"] for result in keyed.values()).items():
+            pipe.incrby(protocol.counter_key(status), number)
     pipe.execute()
 
 
-def _row_mark(source: str, sha256: str, *, drop: str | None, job: str) -> str:
+def _row_mark(source: str, sha256: str, *, drop: str | None, job: str, sheet: str = "") -> str:
     """The Redis key that says this row is written: per drop of the file when the ledger knows the drop
-    (inbox files), else per job (digits.process_files sent by another program for unclaimed files)."""
+    (inbox files), else per job (digits.process_files sent by another program for unclaimed files); a form
+    template's sheet has marks of its own."""
+    prefix = f"{protocol.ROW_MARK_PREFIX}{sheet + ':' if sheet else ''}"
     if drop is not None:
-        return f"{protocol.ROW_MARK_PREFIX}drop:{sha256}:{drop}:{source}"
-    return f"{protocol.ROW_MARK_PREFIX}{job}:{sha256}:{source}"
+        return f"{prefix}drop:{sha256}:{drop}:{source}"
+    return f"{prefix}{job}:{sha256}:{source}"

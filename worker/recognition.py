@@ -27,13 +27,15 @@ class Pending:
     future: Future | None = None
 
 
-def prepare(data: bytes, settings) -> Pending:
-    """Normalise a scan (in the caller's thread, beside inference) within the settings' limits; raises
-    BadInput subclasses."""
+def prepare(data: bytes, settings, template=None) -> Pending:
+    """Normalise a scan (in the caller's thread, beside inference) within the settings' limits, a form's
+    fields each from its own region when a template (core.templates.Template) reads it; raises BadInput
+    subclasses."""
+    from worker.fields import regions
     from worker.normalise import normalise
 
     pages = normalise(data, max_pixels=settings.max_pixels, max_bytes=settings.max_image_bytes,
-                      pdf_dpi=settings.pdf_dpi)
+                      pdf_dpi=settings.pdf_dpi, regions=None if template is None else regions(template))
     glyphs = images_of(pages)
     images = np.stack(glyphs).astype(np.float32) if glyphs else np.zeros((0, *GLYPH_SHAPE), dtype=np.float32)
     return Pending(pages=list(pages), images=images)
@@ -66,22 +68,28 @@ class Feeder:
         self.unsent, self.images = [], 0
 
 
-def start(data: bytes, batcher: Batcher, settings) -> Pending:
+def start(data: bytes, batcher: Batcher, settings, template=None) -> Pending:
     """Normalise a scan and queue its glyphs."""
-    pending = prepare(data, settings)
+    pending = prepare(data, settings, template)
     submit(batcher, [pending])
     return pending
 
 
 def finish(pending: Pending, *, source: str, sha256: str, worker: str, job: str | None,
-           review_below: float) -> dict[str, Any]:
-    """Wait for the probabilities and build the result object."""
+           review_below: float, template=None) -> dict[str, Any]:
+    """Wait for the probabilities and build the result object (with the form's fields when a template
+    (core.templates.Template) reads it)."""
     try:
         probabilities, version = pending.future.result(timeout=INFERENCE_TIMEOUT_SECONDS)
     except FutureTimeout:
         raise Transient(f"inference did not answer within {INFERENCE_TIMEOUT_SECONDS:.0f}s") from None
-    return read(pending.pages, probabilities, source=source, model=version, sha256=sha256, worker=worker, job=job,
-                review_below=review_below)
+    result = read(pending.pages, probabilities, source=source, model=version, sha256=sha256, worker=worker,
+                  job=job, review_below=review_below)
+    if template is not None:
+        from worker.fields import apply
+
+        result = apply(template, result)
+    return result
 
 
 TEXT_MARKS = 2  # printed characters the model rejects on a text line (or a page): it holds printed words

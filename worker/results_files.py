@@ -14,8 +14,9 @@ import json
 import os
 import stat
 import sys
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from core.errors import UnsafePath
 
@@ -145,14 +146,55 @@ def _write_all(fd: int, data: bytes) -> None:
         written += os.write(fd, data[written:])
 
 
-def csv_row(result: dict[str, Any]) -> bytes:
-    """One results.csv line for a result, encoded, ending in a newline."""
+@dataclass(frozen=True)
+class Sheet:
+    """A spreadsheet the worker appends one row per drop of a file to: results.csv, or a form template's
+    RESULTS/<template>.csv (one column per field)."""
+
+    path: Path
+    columns: tuple[str, ...]
+    cells: Callable[[dict[str, Any]], list[Any]]  # a result's values, in column order
+    key: str = ""  # names the sheet's row marks in Redis; "" for results.csv
+
+
+def results_sheet(results: Path) -> Sheet:
+    return Sheet(results / CSV_NAME, CSV_COLUMNS, _result_cells)
+
+
+def form_sheet(results: Path, template) -> Sheet:
+    """RESULTS/<template>.csv: processed_at, source, each field's digits in template order, review, problems."""
+    names = [field.name for field in template.fields]
+
+    def cells(result: dict[str, Any]) -> list[Any]:
+        fields = result.get("fields") or {}
+        problems = [f"{name}: {problem}" for name in names for problem in fields.get(name, {}).get("problems", [])]
+        if result.get("error"):
+            problems.insert(0, result["error"])
+        return [result.get("processed_at"), result.get("source"),
+                *[fields.get(name, {}).get("digits", "") for name in names],
+                "true" if result.get("review") or result.get("error") else "false", "; ".join(problems)]
+
+    return Sheet(confined(results, f"{template.name}.csv"), ("processed_at", "source", *names, "review", "problems"),
+                 cells, key=f"form:{template.name}")
+
+
+def _sheet(target: Sheet | Path) -> Sheet:
+    """A sheet, or a path to a file in results.csv's format."""
+    return target if isinstance(target, Sheet) else Sheet(Path(target), CSV_COLUMNS, _result_cells)
+
+
+def _result_cells(result: dict[str, Any]) -> list[Any]:
     values = {name: result.get(name) for name in CSV_COLUMNS}
     values["confidence"] = f"{float(result.get('confidence') or 0.0):.6f}"
     values["review"] = "true" if result.get("review") else "false"
+    return [values[name] for name in CSV_COLUMNS]
+
+
+def csv_row(result: dict[str, Any], sheet: Sheet | None = None) -> bytes:
+    """One line of a sheet (results.csv by default) for a result, encoded, ending in a newline."""
+    cells = (sheet.cells if sheet else _result_cells)(result)
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(["" if values[name] is None else _cell(values[name])
-                                                     for name in CSV_COLUMNS])
+    csv.writer(buffer, lineterminator="\n").writerow(["" if value is None else _cell(value) for value in cells])
     return buffer.getvalue().encode("utf-8")
 
 
@@ -167,15 +209,17 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def ensure_csv(path: Path) -> None:
-    """Create results.csv with its header unless it exists; safe when several workers race to create it."""
+def ensure_csv(sheet: Sheet | Path) -> None:
+    """Create a sheet with its header unless it exists; safe when several workers race to create it."""
+    sheet = _sheet(sheet)
+    path = sheet.path
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = _create_temporary(path.parent, ".csv")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            csv.writer(handle, lineterminator="\n").writerow(CSV_COLUMNS)
+            csv.writer(handle, lineterminator="\n").writerow(sheet.columns)
         try:
             os.link(temporary, path)  # fails if another worker created it first, never overwrites
             fsync_folder(path.parent)
@@ -185,12 +229,13 @@ def ensure_csv(path: Path) -> None:
         Path(temporary).unlink(missing_ok=True)
 
 
-def csv_size(path: Path) -> int:
-    ensure_csv(path)
-    return path.stat().st_size
+def csv_size(sheet: Sheet | Path) -> int:
+    sheet = _sheet(sheet)
+    ensure_csv(sheet)
+    return sheet.path.stat().st_size
 
 
-def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+def append_rows(sheet: Sheet | Path, rows: list[dict[str, Any]]) -> None:
     """Append rows in one write under an exclusive lock on the file, made durable before the lock goes.
 
     On a local disk one O_APPEND write never interleaves with another; on NFS, O_APPEND is not atomic
@@ -199,9 +244,10 @@ def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     taking it makes the NFS client look up the true end of the file, and the fsync before unlocking puts
     the rows on the server before the next host writes.
     """
-    ensure_csv(path)
-    lines = b"".join(csv_row(result) for result in rows)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    sheet = _sheet(sheet)
+    ensure_csv(sheet)
+    lines = b"".join(csv_row(result, sheet) for result in rows)
+    fd = os.open(sheet.path, os.O_WRONLY | os.O_APPEND)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX)  # released when the file is closed
         _write_all(fd, lines)
@@ -210,17 +256,21 @@ def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
         os.close(fd)
 
 
-def has_row(path: Path, *, offset: int, job: str, source: str) -> bool:
-    """Whether a row for this job and source was appended at or after a byte offset of results.csv."""
+def has_row(sheet: Sheet | Path, *, offset: int, job: str, source: str) -> bool:
+    """Whether a row for this source (and job, where the sheet has a job column) was appended at or after a
+    byte offset of the sheet."""
+    sheet = _sheet(sheet)
     try:
-        with open(path, "rb") as handle:
+        with open(sheet.path, "rb") as handle:
             handle.seek(offset)
             tail = handle.read().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return False
-    job_column, source_column = CSV_COLUMNS.index("job"), CSV_COLUMNS.index("source")
+    source_column = sheet.columns.index("source")
+    job_column = sheet.columns.index("job") if "job" in sheet.columns else None
     for row in csv.reader(io.StringIO(tail)):
-        if len(row) == len(CSV_COLUMNS) and row[job_column] == job and row[source_column] == _cell(source):
+        if (len(row) == len(sheet.columns) and row[source_column] == _cell(source)
+                and (job_column is None or row[job_column] == job)):
             return True
     return False
 

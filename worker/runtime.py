@@ -10,6 +10,7 @@ from typing import Any
 
 from core.settings import Settings
 from worker.batching import Batcher, Stats
+from worker.fields import TemplateShelf
 from worker.holder import ModelHolder
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ class Runtime:
     holder: ModelHolder
     batcher: Batcher
     redis: Any
+    templates: Any = None  # worker.fields.TemplateShelf: the form templates, read again when they change
     heartbeat: Any = None  # worker.heartbeat.Heartbeat, started by the Celery worker once the model is loaded
 
     def info(self) -> dict[str, Any]:
@@ -69,8 +71,10 @@ def start() -> Runtime:
         batcher.start()
         holder.start_polling()
         client = redis_client(current.effective_broker_url)
+        shelf = TemplateShelf(current.template_folder)
+        shelf.check_all()
         _runtime = Runtime(settings=current, backend=backend(), device=device, holder=holder, batcher=batcher,
-                           redis=client)
+                           redis=client, templates=shelf)
         log.info("worker ready on %s (Keras backend %s) with weights version %s from %s (batch_size %d, "
                  "batch_wait_ms %s, %d thread(s) per model call, %d job thread(s))", device, _runtime.backend,
                  predictor.version, current.weights, current.batch_size, current.batch_wait_ms, current.model_threads,

@@ -14,6 +14,7 @@ import redis
 
 from core import protocol
 from core.errors import BadInput, ImageTooLarge, NotAnImage, Transient
+from core.templates import Template, TemplateError
 from worker import process_files as inbox_files
 from worker import recognition, runtime
 from worker.celery_app import app
@@ -35,8 +36,9 @@ def _worker_name(task) -> str:
 
 
 @app.task(name=protocol.TASK_RECOGNIZE, bind=True, **RETRY)
-def recognize(self, image: str, name: str | None = None) -> dict[str, Any]:
-    """Recognise one image sent as base64 of its file bytes; returns the result object (never retried for bad input)."""
+def recognize(self, image: str, name: str | None = None, template: str | None = None) -> dict[str, Any]:
+    """Recognise one image sent as base64 of its file bytes, as a form of the named template when one is
+    given; returns the result object (never retried for bad input)."""
     current = runtime.get()
     settings = current.settings
     source = name if isinstance(name, str) else ""
@@ -44,16 +46,27 @@ def recognize(self, image: str, name: str | None = None) -> dict[str, Any]:
     worker = _worker_name(self)
     sha256 = None
     try:
+        form = _template(current, template)
         data = _decode(image, max_bytes=settings.max_image_bytes)
         sha256 = recognition.sha256_of(data)
-        pending = recognition.start(data, current.batcher, settings)
+        pending = recognition.start(data, current.batcher, settings, form)
         result = recognition.finish(pending, source=source, sha256=sha256, worker=worker, job=job,
-                                    review_below=settings.review_below)
-    except BadInput as error:
+                                    review_below=settings.review_below, template=form)
+    except (BadInput, TemplateError) as error:
         result = protocol.result(source, error=f"{type(error).__name__}: {error}",
                                  model=current.holder.current.version, sha256=sha256, worker=worker, job=job)
     _count(current, result["status"])
     return result
+
+
+def _template(current: runtime.Runtime, name: Any) -> Template | None:
+    """The form template a recognize call names (None for none); TemplateError when it names none there is."""
+    if name is None:
+        return None
+    found = current.templates.get(name) if isinstance(name, str) else None
+    if found is None:
+        raise TemplateError(f"no template {name!r} in {current.settings.template_folder}")
+    return found
 
 
 def _decode(image: Any, *, max_bytes: int) -> bytes:

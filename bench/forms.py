@@ -1,0 +1,90 @@
+"""Filled-in forms for a template: printed labels, a box per field, handwritten MNIST test digits in each box
+(an account number with its Luhn check digit, two parts and their total), scanned shifted by up to 3 % of
+the page and turned by up to 2 degrees; some with one digit deliberately wrong."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from bench.documents import _Canvas, _font, _handwriting, _within
+from core import templates
+from trainer.scans import test_digits
+
+TEMPLATE = {
+    "fields": [
+        {"name": "account", "box": [0.30, 0.16, 0.80, 0.24], "length": 8, "check": "luhn"},
+        {"name": "part_a", "box": [0.30, 0.34, 0.62, 0.42], "length": [1, 4]},
+        {"name": "part_b", "box": [0.30, 0.50, 0.62, 0.58], "length": [1, 4]},
+        {"name": "total", "box": [0.30, 0.66, 0.62, 0.74], "length": [1, 5]},
+    ],
+    "sums": [{"total": "total", "parts": ["part_a", "part_b"]}],
+}
+LABELS = {"account": "Account No.", "part_a": "Part A", "part_b": "Part B", "total": "Total"}
+WIDTH, HEIGHT = 1000, 1300
+SHIFT = 0.03  # of the page, each way
+TURN = 2.0  # degrees, each way
+
+
+@dataclass(frozen=True)
+class Form:
+    name: str
+    data: bytes
+    values: dict[str, str]  # what is written in each field
+    wrong: str | None  # the field holding a deliberately wrong digit (its check or sum fails), or None
+
+
+def luhn_completed(digits: str) -> str:
+    """digits followed by the Luhn check digit that makes them valid."""
+    return digits + next(str(check) for check in range(10) if templates.luhn_valid(digits + str(check)))
+
+
+def forms(count: int, *, seed: int = 0, wrong_share: float = 0.1) -> list[Form]:
+    """`count` forms; a `wrong_share` of them with one digit changed in the account or the total."""
+    images, labels = test_digits()
+    by_digit = [np.flatnonzero(labels == digit) for digit in range(10)]
+    random = np.random.default_rng([seed, 17])
+    made = []
+    for index in range(count):
+        part_a, part_b = int(random.integers(0, 5000)), int(random.integers(0, 5000))
+        values = {"account": luhn_completed("".join(str(d) for d in random.integers(0, 10, 7))),
+                  "part_a": str(part_a), "part_b": str(part_b), "total": str(part_a + part_b)}
+        wrong = None
+        if random.random() < wrong_share:
+            wrong = "account" if random.random() < 0.5 else "total"
+            position = int(random.integers(len(values[wrong])))
+            old = values[wrong][position]
+            new = str((int(old) + int(random.integers(1, 10))) % 10)
+            if wrong == "total" and position == 0 and new == "0" and len(values[wrong]) > 1:
+                new = "1" if old != "1" else "2"  # no leading zero: the written number must still be read whole
+            values[wrong] = values[wrong][:position] + new + values[wrong][position + 1:]
+        page = _draw(values, random, images, by_digit)
+        buffer = io.BytesIO()
+        page.save(buffer, format="PNG")
+        made.append(Form(f"{index:05d}-form.png", buffer.getvalue(), values, wrong))
+    return made
+
+
+def _draw(values: dict[str, str], random, images, by_digit) -> Image.Image:
+    canvas = _Canvas(WIDTH, HEIGHT, random)
+    font = _font(random)
+    canvas.text("Payment slip", (int(WIDTH * 0.08), int(HEIGHT * 0.05)), 44, font)
+    for field in TEMPLATE["fields"]:
+        left, top, right, bottom = (round(value * size) for value, size in
+                                    zip(field["box"], (WIDTH, HEIGHT, WIDTH, HEIGHT)))
+        canvas.text(LABELS[field["name"]], (int(WIDTH * 0.06), top + (bottom - top) // 3), 30, font)
+        canvas.rectangle((left, top, right, bottom), width=int(random.integers(2, 4)))
+        digits = [images[by_digit[int(character)][int(random.integers(len(by_digit[int(character)])))]]
+                  for character in values[field["name"]]]
+        ink, _ = _handwriting(digits, random, height=int((bottom - top) * random.uniform(0.55, 0.7)))
+        ink = _within(ink, right - left - 30)
+        x = left + int(random.integers(12, max(13, right - left - ink.shape[1] - 12)))
+        y = top + max(4, (bottom - top - ink.shape[0]) // 2 + int(random.integers(-4, 5)))
+        canvas.write(ink, (x, y))
+    page = canvas.image()
+    angle = float(random.uniform(-TURN, TURN))
+    dx, dy = (int(random.uniform(-SHIFT, SHIFT) * size) for size in (WIDTH, HEIGHT))
+    return page.rotate(angle, resample=Image.Resampling.BILINEAR, translate=(dx, dy), fillcolor=(238, 236, 230))

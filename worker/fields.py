@@ -1,0 +1,116 @@
+"""Forms: each template field read from its own region of the page (its box and a margin), then its
+length, check digit and sums checked; and the templates folder as the worker keeps it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from core import protocol, templates
+from core.templates import Template, TemplateError
+
+log = logging.getLogger(__name__)
+
+# A scan shifted by up to 3 % of the page, or turned by up to 2 degrees (tan 2° of the page's width up or
+# down at its far side), still has a field's writing within this share of the page around its box.
+MARGIN = 0.04
+
+
+def regions(template: Template) -> list[tuple[int, tuple[float, float, float, float]]]:
+    """Where each field's ink is taken from, in template order: (page, its box widened by MARGIN)."""
+    return [(field.page, (max(0.0, field.box[0] - MARGIN), max(0.0, field.box[1] - MARGIN),
+                          min(1.0, field.box[2] + MARGIN), min(1.0, field.box[3] + MARGIN)))
+            for field in template.fields]
+
+
+def apply(template: Template, result: dict[str, Any]) -> dict[str, Any]:
+    """The result object of a form from the result read over its regions (one "page" per field, in template
+    order): the numbers of each field on their real pages, the template's name, each field with its
+    checks, and the review flag set when any field's is."""
+    if result["status"] == protocol.ERROR:
+        return {**result, "template": template.name, "fields": {}}
+    per_field = [page["numbers"] for page in result["pages"]]
+    fields = _checked(template, per_field)
+    pages = [protocol.page_result(index, [number for field, numbers in zip(template.fields, per_field)
+                                          if field.page == index for number in numbers])
+             for index in sorted({field.page for field in template.fields})]
+    form = protocol.result(result["source"], pages=pages, model=result["model"], sha256=result["sha256"],
+                           worker=result["worker"], job=result["job"])
+    form.update(template=template.name, fields=fields,
+                review=form["review"] or any(field["review"] for field in fields.values()))
+    return form
+
+
+def _checked(template: Template, per_field: list[list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """field name -> {digits, confidence, box, valid, review, problems}."""
+    found, values = {}, {}
+    for field, numbers in zip(template.fields, per_field):
+        digits = "".join(number["digits"] for number in numbers)
+        values[field.name] = digits
+        found[field.name] = {
+            "digits": digits,
+            "confidence": min((number["confidence"] for number in numbers), default=0.0),
+            "box": ([min(n["box"][0] for n in numbers), min(n["box"][1] for n in numbers),
+                     max(n["box"][2] for n in numbers), max(n["box"][3] for n in numbers)] if numbers else None),
+            "valid": True,
+            "review": any(number["review"] for number in numbers),
+            "problems": templates.problems_of(field, digits),
+        }
+    for name, problems in templates.sum_problems(template, values).items():
+        found[name]["problems"].extend(problems)
+    for entry in found.values():
+        entry["valid"] = not entry["problems"]
+        entry["review"] = entry["review"] or not entry["valid"]
+    return found
+
+
+class TemplateShelf:
+    """The templates folder as the worker sees it: each template read once and again when its file changes
+    (size or time), a malformed one refused with its problem logged once per change."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._lock = threading.Lock()
+        self._known: dict[str, tuple[tuple[int, int] | None, Template | TemplateError | None]] = {}
+
+    def check_all(self) -> None:
+        """Read every template at start, so a malformed one is reported before any form arrives."""
+        for path in sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []:
+            try:
+                self.get(path.stem)
+            except TemplateError:
+                pass
+
+    def get(self, name: str) -> Template | None:
+        """The template of that name; None when there is no such file; raises TemplateError when malformed."""
+        try:
+            path = templates.path_of(self.folder, name)
+            info = path.stat()
+            stamp = (info.st_mtime_ns, info.st_size)
+        except TemplateError:
+            return None  # not a template name: a plain inbox folder
+        except OSError:
+            stamp = None
+        with self._lock:
+            known = self._known.get(name)
+            if known is None or known[0] != stamp:
+                if stamp is None:
+                    loaded = None
+                else:
+                    try:
+                        loaded = templates.load(self.folder, name)
+                        log.info("template %s: %d field(s) from %s", name, len(loaded.fields), path)
+                    except TemplateError as error:
+                        log.error("template refused: %s", error)
+                        loaded = error
+                known = self._known[name] = (stamp, loaded)
+        if isinstance(known[1], TemplateError):
+            raise known[1]
+        return known[1]
+
+    def for_path(self, relative: str) -> Template | None:
+        """The template a file at INBOX/<relative> is read with: the one named by its top folder, if any."""
+        top, slash, _ = relative.partition("/")
+        return self.get(top) if slash else None
