@@ -88,3 +88,61 @@ def _draw(values: dict[str, str], random, images, by_digit) -> Image.Image:
     angle = float(random.uniform(-TURN, TURN))
     dx, dy = (int(random.uniform(-SHIFT, SHIFT) * size) for size in (WIDTH, HEIGHT))
     return page.rotate(angle, resample=Image.Resampling.BILINEAR, translate=(dx, dy), fillcolor=(238, 236, 230))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Forms read as the worker reads them: fields right, wrong ones flagged, correct ones flagged."""
+    import argparse
+    import time
+    from pathlib import Path
+
+    from bench.accuracy import predictor
+    from core.settings import SHIPPED_WEIGHTS
+    from worker.fields import apply, regions
+    from worker.normalise import normalise
+    from worker.recognition import images_of, read
+
+    parser = argparse.ArgumentParser(prog="python -m bench.forms", description=main.__doc__)
+    parser.add_argument("--forms", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--wrong", type=float, default=0.1, help="share of forms with one wrong digit")
+    parser.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS)
+    parser.add_argument("--review-below", type=float, default=0.8)
+    options = parser.parse_args(argv)
+    template = templates.parse(TEMPLATE, name="slip", source="bench.forms")
+    predict, version = predictor(options.weights, None)
+    made = forms(options.forms, seed=options.seed, wrong_share=options.wrong)
+    started = time.perf_counter()
+    clean = right = clean_flagged = accepted_wrong = wrong = wrong_flagged = 0
+    fields_right = {field.name: 0 for field in template.fields}
+    for form in made:
+        pages = normalise(form.data, regions=regions(template))
+        result = apply(template, read(pages, predict(images_of(pages)), source=form.name, model=version, sha256=None,
+                                      worker=None, job=None, review_below=options.review_below))
+        got = {name: field["digits"] for name, field in result["fields"].items()}
+        if form.wrong:
+            wrong += 1
+            wrong_flagged += result["review"]
+            continue
+        clean += 1
+        right += got == form.values
+        clean_flagged += result["review"]
+        accepted_wrong += not result["review"] and got != form.values
+        for name in fields_right:
+            fields_right[name] += got[name] == form.values[name]
+    elapsed = time.perf_counter() - started
+    print(f"{options.forms} forms (template {len(template.fields)} fields, seed {options.seed}), weights {version}, "
+          f"review below {options.review_below}, {1000 * elapsed / options.forms:.0f} ms per form")
+    print(f"  correct forms with every field right   {right}/{clean} = {100 * right / max(1, clean):.1f} %  "
+          f"(target >= 97 %)")
+    print(f"  correct forms flagged for review       {clean_flagged}/{clean} = "
+          f"{100 * clean_flagged / max(1, clean):.1f} %")
+    print(f"  correct forms wrong and not flagged    {accepted_wrong}/{clean}")
+    print(f"  forms with a wrong digit flagged       {wrong_flagged}/{wrong}  (target: all)")
+    print("  fields right: " + ", ".join(f"{name} {100 * count / max(1, clean):.1f} %"
+                                         for name, count in fields_right.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -199,8 +199,9 @@ def sum_problems(template: Template, values: dict[str, str]) -> dict[str, list[s
         involved = [total, *parts]
         if not all(values.get(name, "").isdigit() for name in involved):
             continue
-        if int(values[total]) != sum(int(values[part]) for part in parts):
-            problem = f"sum: {total} ({values[total]}) is not {' + '.join(parts)} ({sum(int(values[p]) for p in parts)})"
+        expected = sum(int(values[part]) for part in parts)
+        if int(values[total]) != expected:
+            problem = f"sum: {total} ({values[total]}) is not {' + '.join(parts)} ({expected})"
             for name in involved:
                 broken.setdefault(name, []).append(problem)
     return broken

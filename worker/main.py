@@ -9,9 +9,10 @@ from core.settings import Settings, add_flags
 
 log = logging.getLogger(__name__)
 
-SETTINGS_FLAGS = ("broker_url", "inbox", "results", "processed", "failed", "on_success", "on_error", "weights", "templates",
-                  "device", "max_image_bytes", "max_pixels", "batch_size", "batch_wait_ms", "reload_interval",
-                  "concurrency", "tf_threads", "visibility_timeout", "job_retries", "review_below", "pdf_dpi", "umask", "log_level")
+SETTINGS_FLAGS = ("broker_url", "inbox", "results", "processed", "failed", "on_success", "on_error", "weights",
+                  "templates", "device", "max_image_bytes", "max_pixels", "batch_size", "batch_wait_ms",
+                  "reload_interval", "concurrency", "tf_threads", "visibility_timeout", "job_retries", "review_below",
+                  "pdf_dpi", "umask", "log_level")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
