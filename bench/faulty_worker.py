@@ -19,10 +19,10 @@ def plant() -> None:
 
     real_prepare, real_process = recognition.prepare, process_files.process
 
-    def prepare(data, settings):
+    def prepare(data, settings, template=None):
         if b"poison" in data[-64:]:
             raise RuntimeError("planted: this file breaks the reader")
-        return real_prepare(data, settings)
+        return real_prepare(data, settings, template)
 
     def process(files, **options):
         names = [entry.get("path", "").rsplit("/", 1)[-1] for entry in files if isinstance(entry, dict)]

@@ -44,9 +44,14 @@ class Template:
     sums: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (total field, its part fields)
 
 
+# A template's spreadsheet is RESULTS/<name>.csv: these names would be the results log itself.
+RESERVED = {"results"}
+
+
 def path_of(folder: Path, name: str) -> Path:
-    if not NAME_PATTERN.match(name):
-        raise TemplateError(f"{name!r} is no template name (letters, digits, '.', '_' and '-', at most 100)")
+    if not NAME_PATTERN.match(name) or name.lower() in RESERVED:
+        raise TemplateError(f"{name!r} is no template name (letters, digits, '.', '_' and '-', at most 100; "
+                            f"not {', '.join(sorted(RESERVED))})")
     return folder / f"{name}.json"
 
 

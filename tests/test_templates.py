@@ -66,6 +66,9 @@ def test_a_template_that_is_not_json_or_missing_is_refused(tmp_path):
         templates.load(tmp_path, "bad")
     with pytest.raises(TemplateError, match="no such template"):
         templates.load(tmp_path, "absent")
+    (tmp_path / "results.json").write_text(json.dumps(CONTRACT_EXAMPLE))  # its sheet would be results.csv
+    with pytest.raises(TemplateError, match="no template name"):
+        templates.load(tmp_path, "results")
 
 
 @pytest.mark.fast

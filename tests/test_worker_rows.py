@@ -99,7 +99,7 @@ def test_another_job_finding_the_row_of_a_job_that_died_before_done_adds_none(tm
 
 def test_a_job_that_fails_for_good_gives_its_files_error_results_and_moves_them_to_failed(tmp_path, redis_client):
     settings = Settings(inbox=tmp_path / "inbox", results=tmp_path / "results", failed=tmp_path / "failed")
-    runtime = SimpleNamespace(settings=settings, redis=redis_client)
+    runtime = SimpleNamespace(settings=settings, redis=redis_client, templates=None)
     settings.inbox.mkdir()
     (settings.inbox / "stuck.png").write_bytes(b"waited through ten retries")
     sha = hashlib.sha256(b"waited through ten retries").hexdigest()

@@ -154,6 +154,10 @@ def dead_letter(files: Any, *, runtime: Runtime, job: str, worker: str, cause: s
                 continue
         except (BadInput, OSError):
             pass  # an unreadable file fails all the same: the job cannot read it
+        try:  # a form's failure has its row in the form's sheet too
+            entry.template = runtime.templates.for_path(entry.relative) if runtime.templates is not None else None
+        except TemplateError:
+            pass
         entry.result = protocol.result(entry.relative, error=f"JobFailed: {cause}", model=None, sha256=entry.sha256,
                                        worker=worker, job=job)
         entries.append(entry)
