@@ -84,6 +84,7 @@ SERVICES = {
     "status": ("digits.status", "queue depth, workers, counts and throughput"),
     "versions": ("digits.versions", "list the published weights versions (or prune old ones)"),
     "use": ("digits.use", "make a published weights version current (promote or roll back)"),
+    "template": ("digits.template", "check a form template against a scan: a picture of what was read where"),
 }
 
 

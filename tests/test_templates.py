@@ -201,3 +201,38 @@ def test_a_worker_reads_files_in_a_template_folder_as_forms(tmp_path, redis_serv
         assert unknown["status"] == "error" and "no template 'nope'" in unknown["error"]
     finally:
         worker.stop()
+
+
+def test_template_check_draws_the_boxes_and_what_was_read(tmp_path):
+    from conftest import run_digits
+
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "slip.json").write_text(json.dumps(forms.TEMPLATE))
+    form = forms.forms(1, seed=5)[0]
+    scan = tmp_path / "inbox" / "slip" / "2026" / "scan.png"
+    scan.parent.mkdir(parents=True)
+    scan.write_bytes(form.data)
+    flags = ["--inbox", str(tmp_path / "inbox"), "--results", str(tmp_path / "results"),
+             "--templates", str(tmp_path / "templates"), "--device", "cpu"]
+    checked = run_digits("template", "check", str(scan), *flags)
+    assert checked.returncode == 0, checked.stderr
+    picture = tmp_path / "results" / "slip" / "2026" / "scan.png.check.png"
+    assert f"picture: {picture}" in checked.stdout
+    for name in ("account", "part_a", "part_b", "total"):
+        assert f"  {name} " in checked.stdout
+    from PIL import Image
+
+    drawn = Image.open(picture).convert("RGB")
+    assert drawn.size == Image.open(scan).size
+    left, top, right, _ = (round(value * size) for value, size in zip(forms.TEMPLATE["fields"][1]["box"],
+                                                                      (*drawn.size, *drawn.size)))
+    from worker.fields import TEMPLATE_COLOUR
+
+    assert drawn.getpixel(((left + right) // 2, top)) == TEMPLATE_COLOUR  # the template's box, drawn over the page
+
+    elsewhere = tmp_path / "loose.png"
+    elsewhere.write_bytes(form.data)
+    refused = run_digits("template", "check", str(elsewhere), *flags)
+    assert refused.returncode != 0 and "name its template with --template" in refused.stderr
+    named = run_digits("template", "check", str(elsewhere), "--template", "slip", *flags)
+    assert named.returncode == 0 and (tmp_path / "results" / "loose.png.check.png").is_file()

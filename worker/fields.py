@@ -114,3 +114,106 @@ class TemplateShelf:
         """The template a file at INBOX/<relative> is read with: the one named by its top folder, if any."""
         top, slash, _ = relative.partition("/")
         return self.get(top) if slash else None
+
+
+# --- the check picture (`digits template check`) ---------------------------------------------
+
+TEMPLATE_COLOUR, REGION_COLOUR = (40, 90, 230), (150, 150, 150)
+VALID_COLOUR, INVALID_COLOUR = (20, 150, 60), (210, 30, 30)
+
+
+def check_form(path: Path, settings, *, template_name: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """Read one file as a form the way a worker does, draw the template's boxes and what was read in each
+    onto its pages, and write the picture beside the file's result (RESULTS/<relative>.check.png).
+    Returns (the picture's path, the result object)."""
+    from core.device import configure
+    from core.errors import ConfigError
+    from worker import results_files
+    from worker.holder import load_predictor
+    from worker.normalise import _read, normalise
+    from worker.recognition import images_of, read
+
+    relative = _relative(path, settings.inbox)
+    name = template_name or (relative.split("/")[0] if "/" in relative else None)
+    if name is None:
+        raise ConfigError(f"{path} is not in a template's folder of the inbox ({settings.inbox}/<template>/...): "
+                          "name its template with --template")
+    template = templates.load(settings.template_folder, name)
+    data = _read(str(path), max_bytes=settings.max_image_bytes)
+    configure(settings.device)
+    predictor = load_predictor(settings.weights)
+    pages = normalise(data, max_pixels=settings.max_pixels, max_bytes=settings.max_image_bytes,
+                      pdf_dpi=settings.pdf_dpi, regions=regions(template))
+    glyphs = images_of(pages)
+    import numpy as np
+
+    probabilities = predictor.predict(np.stack(glyphs)) if glyphs else np.zeros((0, 11), np.float32)
+    result = apply(template, read(pages, probabilities, source=relative, model=predictor.version, sha256=None,
+                                  worker=None, job=None, review_below=settings.review_below))
+    picture = results_files.confined(settings.results, relative + ".check.png")
+    picture.parent.mkdir(parents=True, exist_ok=True)
+    _drawn(data, template, result, settings).save(picture)
+    return picture, result
+
+
+def _relative(path: Path, inbox: Path) -> str:
+    try:
+        return path.resolve().relative_to(inbox.resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _drawn(data: bytes, template: Template, result: dict[str, Any], settings):
+    """The pages that hold fields, one under the other, with each field's box (blue), the region it is read
+    from (grey), where its digits were found (green when valid, red when not) and what was read."""
+    import io
+
+    from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+    from worker.normalise import PDF_MAGIC, _pdf_pages
+
+    if PDF_MAGIC in data[:1024]:
+        sources = _pdf_pages(data, dpi=settings.pdf_dpi, max_pixels=settings.max_pixels)
+    else:
+        image = Image.open(io.BytesIO(data))
+        sources = []
+        for index in range(getattr(image, "n_frames", 1)):
+            image.seek(index)
+            sources.append(ImageOps.exif_transpose(image.convert("RGB")))
+    drawn = []
+    for page in sorted({field.page for field in template.fields}):
+        if page >= len(sources):
+            continue
+        canvas = sources[page].convert("RGB")
+        draw = ImageDraw.Draw(canvas)
+        width, height = canvas.size
+        font = ImageFont.load_default(size=max(12, height // 60))
+        line = max(2, height // 400)
+        for field, (_, region) in zip(template.fields, regions(template)):
+            if field.page != page:
+                continue
+            found = result["fields"].get(field.name, {})
+            draw.rectangle(_pixels(region, width, height), outline=REGION_COLOUR, width=1)
+            box = _pixels(field.box, width, height)
+            draw.rectangle(box, outline=TEMPLATE_COLOUR, width=line)
+            if found.get("box"):
+                draw.rectangle(found["box"], outline=VALID_COLOUR if found.get("valid") else INVALID_COLOUR,
+                               width=line)
+            verdict = "ok" if found.get("valid") else "; ".join(found.get("problems", [])) or "not read"
+            text = f"{field.name}: {found.get('digits') or '-'}  {verdict}"
+            top = max(0, box[1] - font.size - 2 * line)
+            draw.text((box[0], top), text, font=font,
+                      fill=VALID_COLOUR if found.get("valid") else INVALID_COLOUR)
+        drawn.append(canvas)
+    if not drawn:
+        return Image.new("RGB", (400, 100), "white")
+    sheet = Image.new("RGB", (max(page.width for page in drawn), sum(page.height for page in drawn)), "white")
+    top = 0
+    for page in drawn:
+        sheet.paste(page, (0, top))
+        top += page.height
+    return sheet
+
+
+def _pixels(box: tuple[float, float, float, float], width: int, height: int) -> list[int]:
+    return [round(box[0] * width), round(box[1] * height), round(box[2] * width), round(box[3] * height)]
