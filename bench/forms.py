@@ -98,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.accuracy import predictor
     from core.settings import SHIPPED_WEIGHTS
-    from worker.fields import apply, regions
-    from worker.normalise import normalise
-    from worker.recognition import images_of, read
+    from worker.fields import read_form
 
     parser = argparse.ArgumentParser(prog="python -m bench.forms", description=main.__doc__)
     parser.add_argument("--forms", type=int, default=500)
@@ -116,9 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     clean = right = clean_flagged = accepted_wrong = wrong = wrong_flagged = 0
     fields_right = {field.name: 0 for field in template.fields}
     for form in made:
-        pages = normalise(form.data, regions=regions(template))
-        result = apply(template, read(pages, predict(images_of(pages)), source=form.name, model=version, sha256=None,
-                                      worker=None, job=None, review_below=options.review_below))
+        result = read_form(form.data, template, predict, source=form.name, model=version,
+                           review_below=options.review_below)
         got = {name: field["digits"] for name, field in result["fields"].items()}
         if form.wrong:
             wrong += 1

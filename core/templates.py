@@ -78,10 +78,8 @@ def parse(data: Any, *, name: str, source: str) -> Template:
     def fail(where: str, problem: str) -> TemplateError:
         return TemplateError(f"{source}: {where}: {problem}")
 
-    if not isinstance(data, dict):
-        raise fail("the template", "must be a JSON object with \"fields\" (and optionally \"sums\")")
-    for key in sorted(set(data) - TEMPLATE_KEYS):
-        raise fail(f"key {key!r}", f"unknown (allowed: {', '.join(sorted(TEMPLATE_KEYS))})")
+    _object(data, TEMPLATE_KEYS, fail, where="the template", shape="a JSON object with \"fields\" (and optionally "
+            "\"sums\")", keys="")
     raw_fields = data.get("fields")
     if not isinstance(raw_fields, list) or not raw_fields:
         raise fail("key 'fields'", "must be a non-empty list of fields")
@@ -90,10 +88,7 @@ def parse(data: Any, *, name: str, source: str) -> Template:
     fields, names = [], set()
     for index, raw in enumerate(raw_fields):
         where = f"fields[{index}]"
-        if not isinstance(raw, dict):
-            raise fail(where, "must be an object with name, box and length")
-        for key in sorted(set(raw) - FIELD_KEYS):
-            raise fail(f"{where} key {key!r}", f"unknown (allowed: {', '.join(sorted(FIELD_KEYS))})")
+        _object(raw, FIELD_KEYS, fail, where=where, shape="an object with name, box and length", keys=f"{where} ")
         field_name = raw.get("name")
         if not isinstance(field_name, str) or not NAME_PATTERN.match(field_name):
             raise fail(f"{where} key 'name'", "must be a name of letters, digits, '.', '_' and '-'")
@@ -111,10 +106,7 @@ def parse(data: Any, *, name: str, source: str) -> Template:
         raise fail("key 'sums'", "must be a list of {\"total\": field, \"parts\": [fields]}")
     for index, raw in enumerate(raw_sums):
         where = f"sums[{index}]"
-        if not isinstance(raw, dict):
-            raise fail(where, "must be an object with total and parts")
-        for key in sorted(set(raw) - SUM_KEYS):
-            raise fail(f"{where} key {key!r}", f"unknown (allowed: {', '.join(sorted(SUM_KEYS))})")
+        _object(raw, SUM_KEYS, fail, where=where, shape="an object with total and parts", keys=f"{where} ")
         total, parts = raw.get("total"), raw.get("parts")
         if total not in names:
             raise fail(f"{where} key 'total'", f"{total!r} is not a field of this template")
@@ -124,6 +116,14 @@ def parse(data: Any, *, name: str, source: str) -> Template:
             raise fail(f"{where} key 'parts'", f"the total {total!r} cannot be one of its parts")
         sums.append((total, tuple(parts)))
     return Template(name=name, fields=tuple(fields), sums=tuple(sums))
+
+
+def _object(value: Any, allowed: set[str], fail, *, where: str, shape: str, keys: str) -> None:
+    """A JSON object holding only the allowed keys; `keys` prefixes the name of an unknown one."""
+    if not isinstance(value, dict):
+        raise fail(where, f"must be {shape}")
+    for key in sorted(set(value) - allowed):
+        raise fail(f"{keys}key {key!r}", f"unknown (allowed: {', '.join(sorted(allowed))})")
 
 
 def _box(value: Any, fail, where: str) -> tuple[float, float, float, float]:

@@ -4,13 +4,10 @@ real Redis servers, the same inbox files, the same results files (digits, boxes,
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 
 import pytest
-from celery import Celery
 from conftest import RedisServer, csv_rows, run_digits
-from worker_harness import WorkerProcess, blank_scan, scan_of, serving_weights
+from worker_harness import WorkerProcess, blank_scan, celery_client, load_result, put, scan_of, serving_weights
 
 from bench import documents
 from core import ledger, protocol
@@ -41,17 +38,11 @@ def workers(tmp_path_factory, weights):
             started[backend] = (redis, process.start())
         for _, process in started.values():
             process.wait_ready(timeout=180)
-        yield {backend: (redis, process, _client(redis.url)) for backend, (redis, process) in started.items()}
+        yield {backend: (redis, process, celery_client(redis.url)) for backend, (redis, process) in started.items()}
     finally:
         for redis, process in started.values():
             process.stop()
             redis.stop()
-
-
-def _client(url: str) -> Celery:
-    app = Celery("test-backends", broker=url, backend=url)
-    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
-    return app
 
 
 def _files() -> dict[str, bytes]:
@@ -81,18 +72,12 @@ def test_a_jax_worker_writes_the_same_results_as_a_tensorflow_worker(workers):
     files = _files()
     results = {}
     for backend, (redis, process, client) in workers.items():
-        jobs = []
-        for relative, data in files.items():
-            path = process.folder / "inbox" / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-            jobs.append({"path": relative, "sha256": hashlib.sha256(data).hexdigest()})
+        jobs = [put(process.folder, relative, data) for relative, data in files.items()]
         assert all(ledger.claim(redis.client(), [(job["path"], job["sha256"]) for job in jobs]))
         summaries = client.send_task(protocol.TASK_PROCESS_FILES, kwargs={"files": jobs},
                                      queue=protocol.QUEUE).get(timeout=300)
         assert [summary["source"] for summary in summaries] == list(files)
-        results[backend] = {relative: json.loads((process.folder / "results" / f"{relative}.json").read_text())
-                            for relative in files}
+        results[backend] = {relative: load_result(process.folder, relative) for relative in files}
         rows = csv_rows(process.folder / "results" / "results.csv")
         assert sorted(row["source"] for row in rows) == sorted(files)
 

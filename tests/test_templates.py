@@ -11,7 +11,7 @@ from bench import forms
 from core import templates
 from core.templates import TemplateError
 from worker import results_files as results
-from worker.fields import apply, regions
+from worker.fields import read_form
 
 CONTRACT_EXAMPLE = {
     "fields": [
@@ -105,23 +105,14 @@ def test_a_forms_sheet_row_has_a_column_per_field_then_review_and_problems(tmp_p
     assert results.has_row(sheet, offset=len(lines[0]) + 1, job="any", source="invoice/a.png")
 
 
-def _read_form(form, template, predict):
-    from worker.normalise import normalise
-    from worker.recognition import images_of, read
-
-    pages = normalise(form.data, regions=regions(template))
-    result = read(pages, predict(images_of(pages)), source=form.name, model=None, sha256=None, worker=None,
-                  job=None, review_below=0.8)
-    return apply(template, result)
-
-
 def test_fields_are_read_from_their_boxes_and_a_wrong_digit_is_flagged(shipped_weights):
     from bench.accuracy import predictor
 
     template = templates.parse(forms.TEMPLATE, name="slip", source="bench")
     predict, _ = predictor(shipped_weights, None)
     made = forms.forms(30, seed=5)
-    read = [(form, _read_form(form, template, predict)) for form in made]
+    read = [(form, read_form(form.data, template, predict, source=form.name, model=None, review_below=0.8))
+            for form in made]
     clean = [(form, result) for form, result in read if form.wrong is None]
     right = [form for form, result in clean if {name: field["digits"] for name, field in result["fields"].items()}
              == form.values]
@@ -139,11 +130,9 @@ def test_fields_are_read_from_their_boxes_and_a_wrong_digit_is_flagged(shipped_w
 
 def test_a_worker_reads_files_in_a_template_folder_as_forms(tmp_path, redis_server, shipped_weights):
     import base64
-    import hashlib
 
-    from celery import Celery
     from conftest import csv_rows
-    from worker_harness import WorkerProcess, serving_weights
+    from worker_harness import WorkerProcess, celery_client, load_result, put, serving_weights
 
     from core import ledger, protocol
 
@@ -162,35 +151,25 @@ def test_a_worker_reads_files_in_a_template_folder_as_forms(tmp_path, redis_serv
         files = {f"slip/2026/{form.name}": form.data for form in made}
         files["broken/scan.png"] = made[0].data
         files["plain.png"] = made[0].data
-        jobs = []
-        for relative, data in files.items():
-            path = worker.folder / "inbox" / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-            jobs.append({"path": relative, "sha256": hashlib.sha256(data).hexdigest()})
-        client = redis_server.client()
-        assert all(ledger.claim(client, [(job["path"], job["sha256"]) for job in jobs]))
-        app = Celery("test-forms", broker=redis_server.url, backend=redis_server.url)
-        app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
+        jobs = [put(worker.folder, relative, data) for relative, data in files.items()]
+        assert all(ledger.claim(redis_server.client(), [(job["path"], job["sha256"]) for job in jobs]))
+        app = celery_client(redis_server.url, "test-forms")
         app.send_task(protocol.TASK_PROCESS_FILES, kwargs={"files": jobs}, queue=protocol.QUEUE).get(timeout=180)
-
-        def result_of(relative):
-            return json.loads((worker.folder / "results" / f"{relative}.json").read_text())
 
         rows = {row["source"]: row for row in csv_rows(worker.folder / "results" / "slip.csv")}
         assert sorted(rows) == sorted(relative for relative in files if relative.startswith("slip/"))
         for form in made:
             relative = f"slip/2026/{form.name}"
-            result = result_of(relative)
+            result = load_result(worker.folder, relative)
             assert result["template"] == "slip" and set(result["fields"]) == {"account", "part_a", "part_b", "total"}
             got = {name: field["digits"] for name, field in result["fields"].items()}
             assert [rows[relative][name] for name in got] == list(got.values())
             assert rows[relative]["review"] == ("true" if result["review"] else "false")
             if form.wrong:
                 assert result["review"] and rows[relative]["problems"], relative
-        assert result_of("broken/scan.png")["status"] == "error"
-        assert "TemplateError" in result_of("broken/scan.png")["error"]
-        assert "template" not in result_of("plain.png")  # outside a template's folder: read as a page
+        assert load_result(worker.folder, "broken/scan.png")["status"] == "error"
+        assert "TemplateError" in load_result(worker.folder, "broken/scan.png")["error"]
+        assert "template" not in load_result(worker.folder, "plain.png")  # outside a template's folder: read as a page
         assert len(csv_rows(worker.folder / "results" / "results.csv")) == len(files)
 
         sent = app.send_task(protocol.TASK_RECOGNIZE, args=[base64.b64encode(made[1].data).decode()],

@@ -12,14 +12,16 @@ import sys
 import textwrap
 
 import pytest
-from celery import Celery
 from conftest import RedisServer, csv_rows, wait_until
 from worker_harness import (
     WorkerProcess,
     blank_scan,
+    celery_client,
+    load_result,
     multipage_tiff,
     publish_broken,
     publish_copy,
+    put,
     scan_of,
     serving_weights,
 )
@@ -59,20 +61,7 @@ def worker(tmp_path_factory, redis_with_password, weights):
 
 @pytest.fixture(scope="module")
 def client(redis_with_password):
-    app = Celery("test-client", broker=redis_with_password.url, backend=redis_with_password.url)
-    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
-    return app
-
-
-def put(folder, relative: str, data: bytes) -> dict[str, str]:
-    path = folder / "inbox" / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return {"path": relative, "sha256": hashlib.sha256(data).hexdigest()}
-
-
-def load_result(folder, relative: str) -> dict:
-    return json.loads((folder / "results" / (relative + ".json")).read_text(encoding="utf-8"))
+    return celery_client(redis_with_password.url)
 
 
 def test_a_batch_of_files_yields_the_right_results_files(worker, client, redis_with_password, weights):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -42,6 +44,28 @@ def paint_scan(strips: list[np.ndarray], *, scale: int = 4, margin: int = 24, fm
     buffer = io.BytesIO()
     picture.save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def put(folder: Path, relative: str, data: bytes) -> dict[str, str]:
+    """Write a file into folder/inbox; the process_files entry {path, sha256} naming it."""
+    path = folder / "inbox" / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return {"path": relative, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def load_result(folder: Path, relative: str) -> dict:
+    """The results file a worker wrote in folder/results for an inbox file."""
+    return json.loads((folder / "results" / (relative + ".json")).read_text(encoding="utf-8"))
+
+
+def celery_client(url: str, name: str = "test-client"):
+    """A Celery app that sends JSON tasks to the workers on this Redis and reads their results."""
+    from celery import Celery
+
+    app = Celery(name, broker=url, backend=url)
+    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
+    return app
 
 
 def blank_scan() -> bytes:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 from core import protocol, templates
+from core.protocol import DIGIT_CLASSES
 from core.templates import Template, TemplateError
 
 log = logging.getLogger(__name__)
@@ -112,8 +115,29 @@ class TemplateShelf:
 
     def for_path(self, relative: str) -> Template | None:
         """The template a file at INBOX/<relative> is read with: the one named by its top folder, if any."""
-        top, slash, _ = relative.partition("/")
-        return self.get(top) if slash else None
+        name = template_name_of(relative)
+        return None if name is None else self.get(name)
+
+
+def template_name_of(relative: str) -> str | None:
+    """The template an inbox file names by its top folder (INBOX/<template>/...); None for a file at the top."""
+    top, slash, _ = relative.partition("/")
+    return top if slash else None
+
+
+def read_form(data: bytes, template: Template, predict: Callable[[list[np.ndarray]], np.ndarray], *, source: str,
+              model: str | None, review_below: float, max_pixels: int = 40_000_000, max_bytes: int = 20_000_000,
+              pdf_dpi: int = 150) -> dict[str, Any]:
+    """A file read as a form in this thread, without a worker's batcher (the check picture, benchmarks and
+    tests): predict(glyph images) -> their probabilities, as the worker's model gives them."""
+    from worker.normalise import normalise
+    from worker.recognition import images_of, read
+
+    pages = normalise(data, max_pixels=max_pixels, max_bytes=max_bytes, pdf_dpi=pdf_dpi, regions=regions(template))
+    glyphs = images_of(pages)
+    probabilities = predict(glyphs) if glyphs else np.zeros((0, DIGIT_CLASSES + 1), np.float32)
+    return apply(template, read(pages, probabilities, source=source, model=model, sha256=None, worker=None, job=None,
+                                review_below=review_below))
 
 
 # --- the check picture (`digits template check`) ---------------------------------------------
@@ -130,11 +154,10 @@ def check_form(path: Path, settings, *, template_name: str | None = None) -> tup
     from core.errors import ConfigError
     from worker import results_files
     from worker.holder import load_predictor
-    from worker.normalise import _read, normalise
-    from worker.recognition import images_of, read
+    from worker.normalise import _read
 
     relative = _relative(path, settings.inbox)
-    name = template_name or (relative.split("/")[0] if "/" in relative else None)
+    name = template_name or template_name_of(relative)
     if name is None:
         raise ConfigError(f"{path} is not in a template's folder of the inbox ({settings.inbox}/<template>/...): "
                           "name its template with --template")
@@ -142,14 +165,9 @@ def check_form(path: Path, settings, *, template_name: str | None = None) -> tup
     data = _read(str(path), max_bytes=settings.max_image_bytes)
     configure(settings.device)
     predictor = load_predictor(settings.weights)
-    pages = normalise(data, max_pixels=settings.max_pixels, max_bytes=settings.max_image_bytes,
-                      pdf_dpi=settings.pdf_dpi, regions=regions(template))
-    glyphs = images_of(pages)
-    import numpy as np
-
-    probabilities = predictor.predict(np.stack(glyphs)) if glyphs else np.zeros((0, 11), np.float32)
-    result = apply(template, read(pages, probabilities, source=relative, model=predictor.version, sha256=None,
-                                  worker=None, job=None, review_below=settings.review_below))
+    result = read_form(data, template, lambda glyphs: predictor.predict(np.stack(glyphs)), source=relative,
+                       model=predictor.version, review_below=settings.review_below, max_pixels=settings.max_pixels,
+                       max_bytes=settings.max_image_bytes, pdf_dpi=settings.pdf_dpi)
     picture = results_files.confined(settings.results, relative + ".check.png")
     picture.parent.mkdir(parents=True, exist_ok=True)
     _drawn(data, template, result, settings).save(picture)

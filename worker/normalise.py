@@ -134,16 +134,25 @@ def normalise(source: bytes | str | os.PathLike, *, max_pixels: int = 40_000_000
     """
     data = _read(source, max_bytes=max_bytes)
     if PDF_MAGIC in data[:1024]:
-        decoded = ((page_image, 1.0) for page_image in _pdf_pages(data, dpi=pdf_dpi, max_pixels=max_pixels))
+        rendered = _pdf_pages(data, dpi=pdf_dpi, max_pixels=max_pixels)
+        count = len(rendered)
+
+        def decode(index: int) -> tuple[Image.Image, float]:
+            return rendered[index], 1.0
     else:
         image = _open(data)
-        decoded = (_decode_page(image, index, max_pixels=max_pixels) for index in range(_page_count(image)))
-    if regions is not None:
-        wanted = {page for page, _ in regions}
-        kept = {index: page for index, page in enumerate(decoded) if index in wanted}
+        count = _page_count(image)
+
+        def decode(index: int) -> tuple[Image.Image, float]:
+            return _decode_page(image, index, max_pixels=max_pixels)
+    if regions is not None:  # only the pages that hold a region are decoded
+        kept = {page: decode(page) for page in sorted({page for page, _ in regions}) if page < count}
         return [_region(kept.get(page), number, box) for number, (page, box) in enumerate(regions)]
-    return [Page(index, _find_numbers(page_image, scale), _size(page_image, scale))
-            for index, (page_image, scale) in enumerate(decoded)]
+    pages = []
+    for index in range(count):
+        page_image, scale = decode(index)
+        pages.append(Page(index, _find_numbers(page_image, scale), _size(page_image, scale)))
+    return pages
 
 
 def _size(page_image: Image.Image, scale: float) -> tuple[int, int]:
@@ -165,12 +174,10 @@ def _region(decoded: tuple[Image.Image, float] | None, number: int, box: tuple[f
     # Set on a wider sheet of its own paper: a box filling most of the region is then found as a box (in
     # the bare region its sides made much of the paper estimate), as on a whole page.
     pad = max(region.size) // 4
-    edge = np.concatenate([np.asarray(part).reshape(-1, len(region.getbands())) for part in
-                           (region.crop((0, 0, region.width, 1)), region.crop((0, region.height - 1, region.width,
-                                                                                 region.height)))])
-    paper = tuple(int(value) for value in np.median(edge, axis=0))
+    pixels = np.asarray(region)
+    paper = np.median(np.concatenate([pixels[0], pixels[-1]]), axis=0).astype(int)  # its top and bottom rows
     sheet = Image.new(region.mode, (region.width + 2 * pad, region.height + 2 * pad),
-                      paper[0] if len(paper) == 1 else paper)
+                      int(paper) if paper.ndim == 0 else tuple(paper.tolist()))
     sheet.paste(region, (pad, pad))
     found = _find_numbers(sheet, scale)
     dx, dy = round((left - pad) * scale), round((top - pad) * scale)

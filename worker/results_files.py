@@ -158,7 +158,7 @@ class Sheet:
 
 
 def results_sheet(results: Path) -> Sheet:
-    return Sheet(results / CSV_NAME, CSV_COLUMNS, _result_cells)
+    return _sheet(results / CSV_NAME)
 
 
 def form_sheet(results: Path, template) -> Sheet:
