@@ -121,7 +121,7 @@ def _read(raw: Any, *, settings: Settings, runtime: Runtime, job: str, worker: s
                 ledger.finish_many(runtime.redis, [(relative, entry.sha256, False)])
             entry.summary = protocol.summary(relative, protocol.STALE)
             return entry
-        entry.template = runtime.templates.for_path(relative) if runtime.templates is not None else None
+        entry.template = _template(runtime, relative)
         entry.pending = recognition.prepare(data, settings, entry.template)
     except TemplateError as error:
         log.warning("job %s: %s cannot be read as a form: %s", job, relative, error)
@@ -155,7 +155,7 @@ def dead_letter(files: Any, *, runtime: Runtime, job: str, worker: str, cause: s
         except (BadInput, OSError):
             pass  # an unreadable file fails all the same: the job cannot read it
         try:  # a form's failure has its row in the form's sheet too
-            entry.template = runtime.templates.for_path(entry.relative) if runtime.templates is not None else None
+            entry.template = _template(runtime, entry.relative)
         except TemplateError:
             pass
         entry.result = protocol.result(entry.relative, error=f"JobFailed: {cause}", model=None, sha256=entry.sha256,
@@ -165,6 +165,11 @@ def dead_letter(files: Any, *, runtime: Runtime, job: str, worker: str, cause: s
               settings.failed)
     _conclude(entries, settings=settings, runtime=runtime, job=job, drops=drops)
     return [entry.summary for entry in entries]
+
+
+def _template(runtime: Runtime, relative: str) -> Template | None:
+    """The form template an inbox file is read with (its top folder's), if any; TemplateError when refused."""
+    return runtime.templates.for_path(relative) if runtime.templates is not None else None
 
 
 def _read_if_current(entry: InboxFile, *, max_bytes: int) -> bytes | None:
