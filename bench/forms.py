@@ -5,6 +5,7 @@ the page and turned by up to 2 degrees; some with one digit deliberately wrong."
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,24 @@ class Form:
     data: bytes
     values: dict[str, str]  # what is written in each field
     wrong: str | None  # the field holding a deliberately wrong digit (its check or sum fails), or None
+    turn: tuple[float, int, int]  # the scan's turn (degrees) and shift (pixels), as Image.rotate takes them
+
+    def on_form(self, x: float, y: float) -> tuple[float, float]:
+        """Where a point of the scanned page lies on the form as it was drawn (before the scan turned it)."""
+        angle, dx, dy = self.turn
+        cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+        x, y = x - dx - WIDTH / 2, y - dy - HEIGHT / 2
+        return WIDTH / 2 + x * cos - y * sin, HEIGHT / 2 + x * sin + y * cos
+
+    def within_a_box(self, found: list[int]) -> bool:
+        """Whether a digit's box found on the scan lies within one field's printed box (its sides' outer
+        edges, a pixel of slack): no label's ink and nothing beyond the box went into it."""
+        corners = [self.on_form(x, y) for x in (found[0], found[2] - 1) for y in (found[1], found[3] - 1)]
+        for field in TEMPLATE["fields"]:
+            left, top, right, bottom = (value * size for value, size in zip(field["box"], (WIDTH, HEIGHT, WIDTH, HEIGHT)))
+            if all(left - 1 <= x <= right + 1 and top - 1 <= y <= bottom + 1 for x, y in corners):
+                return True
+        return False
 
 
 def luhn_completed(digits: str) -> str:
@@ -61,14 +80,14 @@ def forms(count: int, *, seed: int = 0, wrong_share: float = 0.1) -> list[Form]:
             if wrong == "total" and position == 0 and new == "0" and len(values[wrong]) > 1:
                 new = "1" if old != "1" else "2"  # no leading zero: the written number must still be read whole
             values[wrong] = values[wrong][:position] + new + values[wrong][position + 1:]
-        page = _draw(values, random, images, by_digit)
+        page, turn = _draw(values, random, images, by_digit)
         buffer = io.BytesIO()
         page.save(buffer, format="PNG")
-        made.append(Form(f"{index:05d}-form.png", buffer.getvalue(), values, wrong))
+        made.append(Form(f"{index:05d}-form.png", buffer.getvalue(), values, wrong, turn))
     return made
 
 
-def _draw(values: dict[str, str], random, images, by_digit) -> Image.Image:
+def _draw(values: dict[str, str], random, images, by_digit) -> tuple[Image.Image, tuple[float, int, int]]:
     canvas = _Canvas(WIDTH, HEIGHT, random)
     font = _font(random)
     canvas.text("Payment slip", (int(WIDTH * 0.08), int(HEIGHT * 0.05)), 44, font)
@@ -87,7 +106,8 @@ def _draw(values: dict[str, str], random, images, by_digit) -> Image.Image:
     page = canvas.image()
     angle = float(random.uniform(-TURN, TURN))
     dx, dy = (int(random.uniform(-SHIFT, SHIFT) * size) for size in (WIDTH, HEIGHT))
-    return page.rotate(angle, resample=Image.Resampling.BILINEAR, translate=(dx, dy), fillcolor=(238, 236, 230))
+    return (page.rotate(angle, resample=Image.Resampling.BILINEAR, translate=(dx, dy), fillcolor=(238, 236, 230)),
+            (angle, dx, dy))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,10 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     clean = right = clean_flagged = accepted_wrong = wrong = wrong_flagged = 0
     fields_right = {field.name: 0 for field in template.fields}
+    mended = mended_right = stray = 0
     for form in made:
         result = read_form(form.data, template, predict, source=form.name, model=version,
                            review_below=options.review_below)
         got = {name: field["digits"] for name, field in result["fields"].items()}
+        stray += sum(not form.within_a_box(detail["box"]) for detail in result["details"])
+        for name, field in result["fields"].items():
+            if "read" in field and not form.wrong:
+                mended += 1
+                mended_right += field["digits"] == form.values[name]
         if form.wrong:
             wrong += 1
             wrong_flagged += result["review"]
@@ -136,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{100 * clean_flagged / max(1, clean):.1f} %")
     print(f"  correct forms wrong and not flagged    {accepted_wrong}/{clean}")
     print(f"  forms with a wrong digit flagged       {wrong_flagged}/{wrong}  (target: all)")
+    print(f"  correct forms' fields mended by a check or sum  {mended}, {mended_right} of them to what was written "
+          "(all flagged)")
+    print(f"  digits reaching outside their box      {stray}  (label or page ink; target: none)")
     print("  fields right: " + ", ".join(f"{name} {100 * count / max(1, clean):.1f} %"
                                          for name, count in fields_right.items()))
     return 0

@@ -68,15 +68,21 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def digit_details(probabilities, boxes: Sequence[Sequence[int]], *, page: int) -> list[dict[str, Any]]:
+CHOICES = "_choices"  # in memory only (never written): every digit, likeliest first, as (digit, probability)
+
+
+def digit_details(probabilities, boxes: Sequence[Sequence[int]], *, page: int, choices: bool = False
+                  ) -> list[dict[str, Any]]:
     """Per-glyph details from calibrated softmax rows: best digit, its confidence, the top three digits, the
-    box, and (for models with the eleventh output) how likely the glyph is not a handwritten digit at all."""
+    box, and (for models with the eleventh output) how likely the glyph is not a handwritten digit at all;
+    with `choices`, also every digit under CHOICES (a form's checks may take a runner-up)."""
     import numpy as np
 
     details = []
     for row, box in zip(np.asarray(probabilities, dtype=np.float64), boxes):
         digits = row[:DIGIT_CLASSES]
-        order = np.argsort(-digits, kind="stable")[:TOP_ALTERNATIVES]
+        ranked = np.argsort(-digits, kind="stable")
+        order = ranked[:TOP_ALTERNATIVES]
         details.append({
             "digit": str(int(order[0])),
             "confidence": round(float(digits[order[0]]), 6),
@@ -85,6 +91,8 @@ def digit_details(probabilities, boxes: Sequence[Sequence[int]], *, page: int) -
             "box": [int(value) for value in box],
             "page": page,
         })
+        if choices:
+            details[-1][CHOICES] = [(str(int(index)), float(digits[index])) for index in ranked]
     return details
 
 

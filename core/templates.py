@@ -210,3 +210,46 @@ def sum_problems(template: Template, values: dict[str, str]) -> dict[str, list[s
             for name in involved:
                 broken.setdefault(name, []).append(problem)
     return broken
+
+
+def problems(template: Template, values: dict[str, str]) -> dict[str, list[str]]:
+    """Field name -> everything wrong with its digits: its own rules, then the sums it breaks."""
+    found = {field.name: problems_of(field, values[field.name]) for field in template.fields}
+    for name, broken in sum_problems(template, values).items():
+        found[name].extend(broken)
+    return found
+
+
+def mend(template: Template, values: dict[str, str], alternatives: dict[str, list[list[tuple[str, float]]]],
+         *, least: float) -> dict[str, tuple[str, str]]:
+    """Where a check digit or a sum fails as read, the one digit whose runner-up (at least `least` likely)
+    makes every rule of its field and of the fields summed with it hold; the likeliest such digit wins,
+    one per field and its sums. `alternatives[name][position]`: (digit, probability) best first.
+    Returns field name -> (its mended digits, what was changed)."""
+    found = problems(template, values)
+    mended: dict[str, tuple[str, str]] = {}
+    for field in template.fields:
+        if not found[field.name] or field.name in mended:
+            continue
+        group = {field.name} | {name for total, parts in template.sums if field.name in (total, *parts)
+                                for name in (total, *parts)}
+        if any(name in mended for name in group):
+            continue
+        best = None
+        for name in sorted(group):
+            digits = values[name]
+            for position, choices in enumerate(alternatives.get(name, [])[:len(digits)]):
+                for digit, probability in choices[1:]:
+                    if probability < least or (best is not None and probability <= best[0]):
+                        continue
+                    trial = {**values, name: digits[:position] + digit + digits[position + 1:]}
+                    after = problems(template, trial)
+                    if not any(after[other] for other in group):
+                        best = (probability, name, trial[name],
+                                f"digit {position + 1} read as {digits[position]} ({choices[0][1]:.3g}) "
+                                f"taken as {digit} ({probability:.3g})")
+        if best is not None:
+            _, name, digits, change = best
+            mended[name] = (digits, change)
+            values = {**values, name: digits}
+    return mended

@@ -162,3 +162,30 @@ def test_last_resort_pieces_stand_only_for_a_mark_rejected_whole(whole, expected
     rows = [np.full(11, 0.001, np.float32) for _ in range(3)]
     rows[0][whole], rows[1][3], rows[2][1] = 0.95, 0.99, 0.99
     assert numbers_read([Page(0, (Number((mark,), mark.box, 0),))], np.stack(rows)) == [(expected, False)]
+
+
+def test_a_form_fields_length_picks_how_a_wide_mark_is_cut():
+    # A field of 3 digits written 1, then 0 and 5 touching: the wide mark is rejected whole, and its usual
+    # cut gives three pieces (a 6 the model doubts, a 2, a 5). Without a length it is left out; with the
+    # field's length 3 its cut into two (0 and 5) stands, and with [1, 4] nothing changes.
+    def sure(digit: int, confidence: float = 0.99) -> np.ndarray:
+        row = np.full(11, 0.001, np.float32)
+        row[digit] = confidence
+        return row
+
+    wide = Glyph(BLANK, (200, 100, 380, 160),
+                 pieces=tuple(Glyph(BLANK, (200 + 60 * i, 100, 260 + 60 * i, 160)) for i in range(3)),
+                 cuts=((Glyph(BLANK, (200, 100, 290, 160)), Glyph(BLANK, (290, 100, 380, 160))),))
+    one = Glyph(BLANK, (140, 100, 170, 160))
+    pages = [Page(0, (Number((one, wide), (140, 100, 380, 160), 0),))]
+    rows = np.stack([sure(1), sure(10, 0.9), sure(6, 0.5), sure(2, 0.93), sure(5), sure(0, 0.97), sure(5, 0.98)])
+
+    def field(lengths):
+        result = read(pages, rows, source="f.png", model=None, sha256=None, worker=None, job=None, review_below=0.8,
+                      lengths=lengths)
+        return result["pages"][0]["digits"]
+
+    assert field(None) == "1"
+    assert field([(3, 3)]) == "105"
+    assert field([(4, 4)]) == "1625"  # four digits: the usual cut
+    assert field([(1, 4)]) == "1"  # the count read already fits

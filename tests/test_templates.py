@@ -89,6 +89,70 @@ def test_check_digits_and_sums():
     assert templates.sum_problems(template, {"part_a": "", "part_b": "30", "total": "42"}) == {}
 
 
+def _choices(digits: str, doubtful: dict[int, list[tuple[str, float]]] | None = None) -> list[list[tuple[str, float]]]:
+    """Every digit read surely, but those in `doubtful` (position -> choices, likeliest first)."""
+    sure = [[(digit, 0.999)] + [(str(other), 0.0001) for other in range(10) if str(other) != digit] for digit in digits]
+    for position, choices in (doubtful or {}).items():
+        sure[position] = choices
+    return sure
+
+
+@pytest.mark.fast
+def test_a_failed_check_digit_or_sum_is_mended_by_the_likeliest_runner_up_that_passes():
+    template = templates.parse(CONTRACT_EXAMPLE, name="invoice", source="test")
+    values = {"account": "12345684", "part_a": "12", "part_b": "30", "total": "42"}  # written 12345674
+    alternatives = {name: _choices(digits) for name, digits in values.items()}
+    alternatives["account"][6] = [("8", 0.6), ("3", 0.3), ("7", 0.09)]
+    assert templates.mend(template, values, alternatives, least=0.01) == {
+        "account": ("12345674", "digit 7 read as 8 (0.6) taken as 7 (0.09)")}
+    assert templates.mend(template, values, alternatives, least=0.1) == {}  # the runner-up that passes is too unlikely
+    # A sum: the digit whose runner-up is likeliest among all the summed fields' digits is taken.
+    values = {"account": "12345674", "part_a": "12", "part_b": "36", "total": "42"}  # part_b written 30
+    alternatives = {name: _choices(digits) for name, digits in values.items()}
+    alternatives["part_b"][1] = [("6", 0.7), ("0", 0.25), ("5", 0.05)]
+    assert templates.mend(template, values, alternatives, least=1e-4) == {
+        "part_b": ("30", "digit 2 read as 6 (0.7) taken as 0 (0.25)")}
+    # A field of the wrong length is never mended, nor one whose rules already hold.
+    values = {"account": "1234567", "part_a": "12", "part_b": "30", "total": "42"}
+    assert templates.mend(template, values, {name: _choices(digits) for name, digits in values.items()},
+                          least=1e-5) == {}
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("turn", [-2.5, 0.0, 1.8])
+def test_a_fields_printed_box_is_found_turned_and_only_its_inside_is_read(turn):
+    import math
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from worker import form_box
+
+    page = Image.new("L", (600, 300), 235)
+    draw = ImageDraw.Draw(page)
+    cos, sin = math.cos(math.radians(turn)), math.sin(math.radians(turn))
+
+    def turned(x, y):
+        return 300 + (x - 300) * cos - (y - 150) * sin, 150 + (x - 300) * sin + (y - 150) * cos
+
+    corners = [turned(x, y) for x, y in ((100, 80), (500, 80), (500, 200), (100, 200))]
+    draw.line(corners + corners[:1], fill=30, width=3)
+    draw.rectangle((20, 120, 80, 150), fill=40)  # a printed label left of the box
+    draw.line([turned(200, 110), turned(200, 215)], fill=20, width=8)  # a stroke written over the bottom side
+    draw.ellipse((300, 110, 360, 180), outline=20, width=8)  # a 0 inside
+    inside = np.asarray(form_box.inside(page, (100, 80, 500, 200), 235))
+    assert (inside[118:152, 18:82] == 235).all()  # the label is gone
+    for x, y in [(300, 80), (300, 200), (100, 140), (500, 140)]:  # the middle of each side is gone
+        column, row = (round(value) for value in turned(x, y))
+        assert (inside[row - 3:row + 4, column - 3:column + 4] == 235).all(), (x, y)
+    assert (inside[140:150, 302:306] < 100).all()  # the 0's stroke stays
+    column, row = (round(value) for value in turned(200, 150))
+    assert (inside[row, column - 2:column + 3] < 100).all()  # and the stroke, inside the box
+    bare = Image.new("L", (600, 300), 235)
+    ImageDraw.Draw(bare).ellipse((300, 110, 360, 180), outline=20, width=8)
+    assert form_box.inside(bare, (100, 80, 500, 200), 235) is bare  # no printed box: the whole region is read
+
+
 @pytest.mark.fast
 def test_a_forms_sheet_row_has_a_column_per_field_then_review_and_problems(tmp_path):
     template = templates.parse(CONTRACT_EXAMPLE, name="invoice", source="test")
@@ -116,8 +180,10 @@ def test_fields_are_read_from_their_boxes_and_a_wrong_digit_is_flagged(shipped_w
     clean = [(form, result) for form, result in read if form.wrong is None]
     right = [form for form, result in clean if {name: field["digits"] for name, field in result["fields"].items()}
              == form.values]
-    assert len(right) >= 0.6 * len(clean)
+    assert len(right) >= 0.85 * len(clean)
     for form, result in read:
+        # Every digit lies within a field's printed box: no label's ink, nothing beyond the box.
+        assert all(form.within_a_box(detail["box"]) for detail in result["details"]), form.name
         assert result["template"] == "slip" and list(result["fields"]) == ["account", "part_a", "part_b", "total"]
         got = {name: field["digits"] for name, field in result["fields"].items()}
         if form.wrong is not None or got != form.values:
@@ -125,6 +191,9 @@ def test_fields_are_read_from_their_boxes_and_a_wrong_digit_is_flagged(shipped_w
         for field in result["fields"].values():
             assert field["valid"] == (not field["problems"])
             assert field["review"] or field["valid"]
+            if "read" in field:  # mended by a runner-up: still invalid and flagged, what was read kept
+                assert not field["valid"] and field["problems"][0].startswith("mended: ") and field["read"]
+        assert "_choices" not in json.dumps(result)
     assert any(form.wrong for form, _ in read)
 
 
@@ -167,6 +236,7 @@ def test_a_worker_reads_files_in_a_template_folder_as_forms(tmp_path, redis_serv
             assert rows[relative]["review"] == ("true" if result["review"] else "false")
             if form.wrong:
                 assert result["review"] and rows[relative]["problems"], relative
+            assert "_choices" not in (worker.folder / "results" / f"{relative}.json").read_text()
         assert load_result(worker.folder, "broken/scan.png")["status"] == "error"
         assert "TemplateError" in load_result(worker.folder, "broken/scan.png")["error"]
         assert "template" not in load_result(worker.folder, "plain.png")  # outside a template's folder: read as a page

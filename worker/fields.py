@@ -19,19 +19,21 @@ log = logging.getLogger(__name__)
 # A scan shifted by up to 3 % of the page, or turned by up to 2 degrees (tan 2° of the page's width up or
 # down at its far side), still has a field's writing within this share of the page around its box.
 MARGIN = 0.04
+RUNNER_UP = 1e-4  # a check digit or sum failing as read is mended by a digit's runner-up at least this likely
 
 
-def regions(template: Template) -> list[tuple[int, tuple[float, float, float, float]]]:
-    """Where each field's ink is taken from, in template order: (page, its box widened by MARGIN)."""
+def regions(template: Template) -> list[tuple[int, tuple[float, float, float, float], tuple[float, float, float, float]]]:
+    """Where each field's ink is taken from, in template order: (page, its box widened by MARGIN, its box)."""
     return [(field.page, (max(0.0, field.box[0] - MARGIN), max(0.0, field.box[1] - MARGIN),
-                          min(1.0, field.box[2] + MARGIN), min(1.0, field.box[3] + MARGIN)))
+                          min(1.0, field.box[2] + MARGIN), min(1.0, field.box[3] + MARGIN)), field.box)
             for field in template.fields]
 
 
 def apply(template: Template, result: dict[str, Any]) -> dict[str, Any]:
     """The result object of a form from the result read over its regions (one "page" per field, in template
     order): the numbers of each field on their real pages, the template's name, each field with its
-    checks, and the review flag set when any field's is."""
+    checks, and the review flag set when any field's is. The details' in-memory choices
+    (protocol.CHOICES) are used here and leave them."""
     if result["status"] == protocol.ERROR:
         return {**result, "template": template.name, "fields": {}}
     per_field = [page["numbers"] for page in result["pages"]]
@@ -47,22 +49,26 @@ def apply(template: Template, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _checked(template: Template, per_field: list[list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """field name -> {digits, confidence, box, valid, review, problems}."""
-    found, values = {}, {}
+    """field name -> {digits, confidence, box, valid, review, problems}, and "read" where a failed check
+    digit or sum was mended by one digit's runner-up (the field then stays invalid and flagged)."""
+    found, values, alternatives = {}, {}, {}
     for field, numbers in zip(template.fields, per_field):
-        digits = "".join(number["digits"] for number in numbers)
-        values[field.name] = digits
+        values[field.name] = "".join(number["digits"] for number in numbers)
+        alternatives[field.name] = [detail.pop(protocol.CHOICES, [tuple(pair) for pair in detail["top"]])
+                                    for number in numbers for detail in number["details"]]
         found[field.name] = {
-            "digits": digits,
+            "digits": values[field.name],
             "confidence": min((number["confidence"] for number in numbers), default=0.0),
             "box": ([min(n["box"][0] for n in numbers), min(n["box"][1] for n in numbers),
                      max(n["box"][2] for n in numbers), max(n["box"][3] for n in numbers)] if numbers else None),
             "valid": True,
             "review": any(number["review"] for number in numbers),
-            "problems": templates.problems_of(field, digits),
         }
-    for name, problems in templates.sum_problems(template, values).items():
-        found[name]["problems"].extend(problems)
+    for name, problems in templates.problems(template, values).items():
+        found[name]["problems"] = problems
+    for name, (digits, change) in templates.mend(template, values, alternatives, least=RUNNER_UP).items():
+        found[name]["problems"] = [f"mended: {change}; as read, {'; '.join(found[name]['problems'])}"]
+        found[name].update(digits=digits, read=values[name])
     for entry in found.values():
         entry["valid"] = not entry["problems"]
         entry["review"] = entry["review"] or not entry["valid"]
@@ -137,7 +143,7 @@ def read_form(data: bytes, template: Template, predict: Callable[[list[np.ndarra
     glyphs = images_of(pages)
     probabilities = predict(glyphs) if glyphs else np.zeros((0, DIGIT_CLASSES + 1), np.float32)
     return apply(template, read(pages, probabilities, source=source, model=model, sha256=None, worker=None, job=None,
-                                review_below=review_below))
+                                review_below=review_below, lengths=[field.length for field in template.fields]))
 
 
 # --- the check picture (`digits template check`) ---------------------------------------------
@@ -207,7 +213,7 @@ def _drawn(data: bytes, template: Template, result: dict[str, Any], settings):
         width, height = canvas.size
         font = ImageFont.load_default(size=max(12, height // 60))
         line = max(2, height // 400)
-        for field, (_, region) in zip(template.fields, regions(template)):
+        for field, (_, region, _) in zip(template.fields, regions(template)):
             if field.page != page:
                 continue
             found = result["fields"].get(field.name, {})
@@ -217,7 +223,8 @@ def _drawn(data: bytes, template: Template, result: dict[str, Any], settings):
             if found.get("box"):
                 draw.rectangle(found["box"], outline=VALID_COLOUR if found.get("valid") else INVALID_COLOUR,
                                width=line)
-            verdict = "ok" if found.get("valid") else "; ".join(found.get("problems", [])) or "not read"
+            verdict = ("ok" if found.get("valid") else f"mended from {found['read']}" if "read" in found
+                       else ", ".join(problem.partition(":")[0] for problem in found.get("problems", [])) or "not read")
             text = f"{field.name}: {found.get('digits') or '-'}  {verdict}"
             top = max(0, box[1] - font.size - 2 * line)
             draw.text((box[0], top), text, font=font,

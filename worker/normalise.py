@@ -30,6 +30,7 @@ from core.errors import (
     NotAnImage,
     UnsupportedImage,
 )
+from worker import form_box
 
 # Formats scanners and phones produce; anything else Pillow happens to read is refused (EPS, for one,
 # would run Ghostscript). MPO is how Pillow names many phone JPEGs; only its first picture is the photo.
@@ -83,6 +84,7 @@ NUMBER_GAP = 1.5  # a gap wider than this share of the line's digit height ends 
 WIDE = 1.0  # a glyph at least as wide as tall may hold touching digits: it also comes cut, for the model to judge
 APART_HEIGHT = 0.6  # ... and one whose ink paper divides at full size into parts this share of its height
 SLIVER = 0.06  # ... a part narrower than this share of its height is what is left of a line, not a digit
+OTHER_CUTS = 3  # in a form's field, a wide mark also comes cut into 2 .. this many digits
 _EIGHT_NEIGHBOURS = np.ones((3, 3), bool)  # diagonal steps join a stroke, as a pen draws them
 
 
@@ -91,12 +93,14 @@ class Glyph:
     """One mark: float32 (28, 28) in 0..1, white on black, and its box in the page's pixels. A mark wide enough
     to hold touching digits also comes cut where its ink is thinnest (`pieces`): the model's answers on the
     whole and on the pieces decide which reading stands; `last_resort` pieces stand only for a mark the
-    model rejects whole."""
+    model rejects whole. In a form's field, a wide mark also comes cut into other numbers of digits
+    (`cuts`), for the field's length to choose from."""
 
     image: np.ndarray
     box: tuple[int, int, int, int]
     pieces: tuple["Glyph", ...] = ()
     last_resort: bool = False
+    cuts: tuple[tuple["Glyph", ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,10 +128,12 @@ class Page:
 
 def normalise(source: bytes | str | os.PathLike, *, max_pixels: int = 40_000_000,
               max_bytes: int = 20_000_000, pdf_dpi: int = 150,
-              regions: list[tuple[int, tuple[float, float, float, float]]] | None = None) -> list[Page]:
-    """Every page of an image file or PDF as numbers of MNIST-style glyphs; with `regions` ((page, (left,
-    top, right, bottom) as fractions of that page)), each region of its page on its own instead, as one
-    Page per region in their order (index: the region's), boxes still in the page's pixels.
+              regions: list[tuple[int, tuple[float, float, float, float], tuple[float, float, float, float] | None]]
+              | None = None) -> list[Page]:
+    """Every page of an image file or PDF as numbers of MNIST-style glyphs; with `regions` ((page, region,
+    printed box), each (left, top, right, bottom) as fractions of that page; the box where a form's field
+    has one drawn, or None), each region of its page on its own instead, as one Page per region in their
+    order (index: the region's), boxes still in the page's pixels.
 
     Raises a core.errors.BadInput subclass (EmptyFile, NotAnImage, UnsupportedImage, ImageTooLarge,
     ImageTooSmall) for bad input; never anything else for any bytes.
@@ -146,8 +152,8 @@ def normalise(source: bytes | str | os.PathLike, *, max_pixels: int = 40_000_000
         def decode(index: int) -> tuple[Image.Image, float]:
             return _decode_page(image, index, max_pixels=max_pixels)
     if regions is not None:  # only the pages that hold a region are decoded
-        kept = {page: decode(page) for page in sorted({page for page, _ in regions}) if page < count}
-        return [_region(kept.get(page), number, box) for number, (page, box) in enumerate(regions)]
+        kept = {page: decode(page) for page in sorted({page for page, _, _ in regions}) if page < count}
+        return [_region(kept.get(page), number, box, printed) for number, (page, box, printed) in enumerate(regions)]
     pages = []
     for index in range(count):
         page_image, scale = decode(index)
@@ -159,9 +165,11 @@ def _size(page_image: Image.Image, scale: float) -> tuple[int, int]:
     return round(page_image.size[0] * scale), round(page_image.size[1] * scale)
 
 
-def _region(decoded: tuple[Image.Image, float] | None, number: int, box: tuple[float, float, float, float]) -> Page:
+def _region(decoded: tuple[Image.Image, float] | None, number: int, box: tuple[float, float, float, float],
+            printed: tuple[float, float, float, float] | None = None) -> Page:
     """One region of a decoded page read on its own (a form's field), its boxes moved back into the page's
-    pixels; no numbers where the file has no such page or the region holds too few pixels."""
+    pixels; no numbers where the file has no such page or the region holds too few pixels. Where the
+    `printed` box is found in the region, only its inside is read."""
     if decoded is None:
         return Page(number, (), (0, 0))
     page_image, scale = decoded
@@ -176,10 +184,13 @@ def _region(decoded: tuple[Image.Image, float] | None, number: int, box: tuple[f
     pad = max(region.size) // 4
     pixels = np.asarray(region)
     paper = np.median(np.concatenate([pixels[0], pixels[-1]]), axis=0).astype(int)  # its top and bottom rows
-    sheet = Image.new(region.mode, (region.width + 2 * pad, region.height + 2 * pad),
-                      int(paper) if paper.ndim == 0 else tuple(paper.tolist()))
+    paper = int(paper) if paper.ndim == 0 else tuple(paper.tolist())
+    if printed is not None:
+        region = form_box.inside(region, (printed[0] * width - left, printed[1] * height - top,
+                                          printed[2] * width - left, printed[3] * height - top), paper)
+    sheet = Image.new(region.mode, (region.width + 2 * pad, region.height + 2 * pad), paper)
     sheet.paste(region, (pad, pad))
-    found = _find_numbers(sheet, scale)
+    found = _find_numbers(sheet, scale, other_cuts=True)
     dx, dy = round((left - pad) * scale), round((top - pad) * scale)
     return Page(number, tuple(_moved(found_number, dx, dy) for found_number in found), _size(page_image, scale))
 
@@ -192,6 +203,7 @@ def _moved(item, dx: int, dy: int):
         moved["glyphs"] = tuple(_moved(glyph, dx, dy) for glyph in item.glyphs)
     else:
         moved["pieces"] = tuple(_moved(piece, dx, dy) for piece in item.pieces)
+        moved["cuts"] = tuple(tuple(_moved(piece, dx, dy) for piece in cut) for cut in item.cuts)
     return dataclasses.replace(item, **moved)
 
 
@@ -377,7 +389,7 @@ class _Analysis:
     sigma: float
 
 
-def _find_numbers(page_image: Image.Image, scale: float) -> tuple[Number, ...]:
+def _find_numbers(page_image: Image.Image, scale: float, *, other_cuts: bool = False) -> tuple[Number, ...]:
     analysis = _analyse(page_image)
     if analysis is None:
         return ()
@@ -397,6 +409,8 @@ def _find_numbers(page_image: Image.Image, scale: float) -> tuple[Number, ...]:
                 pieces = [_glyph(page_image, analysis, group, box, scale, piece=True) for box in boxes or wide]
                 if pieces and all(piece is not None for piece in pieces):
                     glyph = Glyph(glyph.image, glyph.box, tuple(pieces), last_resort=bool(wide))
+            if other_cuts:
+                glyph = dataclasses.replace(glyph, cuts=_other_cuts(page_image, analysis, group, glyph, scale))
             glyphs.append(glyph)
         if glyphs:
             box = (min(g.box[0] for g in glyphs), min(g.box[1] for g in glyphs),
@@ -412,6 +426,25 @@ def _wide_cuts(analysis: _Analysis, group: int, page_box: tuple[int, int, int, i
     left, _, right, _ = box = analysis.boxes[group - 1]
     cuts = _cut_columns(left, right - left, page_box[2] - page_box[0], page_box[3] - page_box[1])
     return (_pieces(analysis.groups, group, cuts, box) or []) if cuts else []
+
+
+def _other_cuts(page_image: Image.Image, analysis: _Analysis, group: int, glyph: Glyph, scale: float
+                ) -> tuple[tuple[Glyph, ...], ...]:
+    """A mark at least WIDE times as wide as tall cut into 2 .. OTHER_CUTS digits, each count its pieces do
+    not already give: a form's field of known length picks the count that gives it its digits."""
+    wide, tall = glyph.box[2] - glyph.box[0], glyph.box[3] - glyph.box[1]
+    if wide < WIDE * tall:
+        return ()
+    left, _, right, _ = box = analysis.boxes[group - 1]
+    found = []
+    for parts in range(2, OTHER_CUTS + 1):
+        if parts == len(glyph.pieces):
+            continue
+        boxes = _pieces(analysis.groups, group, [left + (right - left) * k // parts for k in range(1, parts)], box)
+        pieces = [_glyph(page_image, analysis, group, piece, scale, piece=True) for piece in boxes or []]
+        if pieces and all(piece is not None for piece in pieces):
+            found.append(tuple(pieces))
+    return tuple(found)
 
 
 def _cut_columns(left: int, span: int, wide: int, tall: int) -> list[int]:

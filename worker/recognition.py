@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -84,7 +85,8 @@ def finish(pending: Pending, *, source: str, sha256: str, worker: str, job: str 
     except FutureTimeout:
         raise Transient(f"inference did not answer within {INFERENCE_TIMEOUT_SECONDS:.0f}s") from None
     result = read(pending.pages, probabilities, source=source, model=version, sha256=sha256, worker=worker,
-                  job=job, review_below=review_below)
+                  job=job, review_below=review_below,
+                  lengths=None if template is None else [field.length for field in template.fields])
     if template is not None:
         from worker.fields import apply
 
@@ -103,40 +105,95 @@ FLAT = 0.3  # a piece no taller than this share of its mark (and twice as long a
 
 
 def read(pages: list, probabilities: np.ndarray, *, source: str, model: str | None, sha256: str | None,
-         worker: str | None, job: str | None, review_below: float) -> dict[str, Any]:
+         worker: str | None, job: str | None, review_below: float,
+         lengths: list[tuple[int, int]] | None = None) -> dict[str, Any]:
     """The result object from normalised pages and the (calibrated) probabilities of their glyphs, in order:
     each mark read whole or cut (_reading); printed figures left out by the size of the printed words around
     them; glyphs the model calls "not a digit" leave their number, and protocol.number_result says when a
-    number is flagged for review."""
+    number is flagged for review. For a form, `lengths` gives each page's (each field's) fewest and most
+    digits, which pick among the ways its marks can be cut (_to_length), and each digit's details keep every
+    digit's probability in memory (protocol.CHOICES) for the form's checks."""
     results, offset = [], 0
-    for page in pages:
-        found = []  # per number: its text line, its glyphs read whole, and what stands (whole or cut)
+    for position, page in enumerate(pages):
+        found = []  # per number: its text line, its glyphs read whole, and per glyph what stands and the options
         for number in page.numbers:
-            wholes, details = [], []
+            wholes, readings = [], []
             for glyph in number.glyphs:
-                count = 1 + len(glyph.pieces)
-                read_as = protocol.digit_details(probabilities[offset:offset + count],
-                                                 [glyph.box] + [piece.box for piece in glyph.pieces], page=page.index)
-                offset += count
-                reading = _reading(read_as[0], read_as[1:], last_resort=glyph.last_resort)
+                cuts = [glyph.pieces, *glyph.cuts]
+                boxes = [glyph.box] + [piece.box for cut in cuts for piece in cut]
+                read_as = protocol.digit_details(probabilities[offset:offset + len(boxes)], boxes, page=page.index,
+                                                 choices=lengths is not None)
+                offset += len(boxes)
+                options, start = [read_as[:1]], 1
+                for cut in cuts:
+                    options.append(read_as[start:start + len(cut)])
+                    start += len(cut)
+                reading = _reading(read_as[0], options[1], last_resort=glyph.last_resort)
                 # A mark that stands as the digits it was cut into is handwriting, whatever it was whole.
                 cut = reading[0] is not read_as[0]
-                wholes.append((read_as[0], 0 if cut else _printed_marks(read_as[0], read_as[1:])))
-                details.extend(reading)
-            found.append((number.line, wholes, details))
+                wholes.append((read_as[0], 0 if cut else _printed_marks(read_as[0], options[1])))
+                readings.append((reading, [option for option in options if option]))
+            found.append((number.line, wholes, readings))
+        if lengths is not None:
+            _to_length([readings for _, _, readings in found], lengths[position])
         numbers = []
         # Printed words are judged whole (a word cut into pieces can look like weak digits), by text line,
         # and where a line holds no words, by the printed text of the whole page.
         page_text = _printed_text([whole for _, wholes, _ in found for whole in wholes], band=False)
-        for line, _, details in found:
+        for line, _, readings in found:
             on_line = [whole for other, wholes, _ in found if other == line for whole in wholes]
             text = _printed_text(on_line, band=True) or page_text
+            details = [detail for reading, _ in readings for detail in reading]
             number = protocol.number_result(_without_stray_ends(_without_printed(details, text)),
                                             review_below=review_below)
             if number is not None:
                 numbers.append(number)
         results.append(protocol.page_result(page.index, numbers))
     return protocol.result(source, pages=results, model=model, sha256=sha256, worker=worker, job=job)
+
+
+SWITCH = 0.1  # what reading a mark otherwise than _reading chose costs, besides the sureness it loses
+
+
+def _to_length(numbers: list[list[tuple[list, list]]], length: tuple[int, int]) -> None:
+    """A form field's readings (per number, per mark: (what stands, the ways it can be read: whole, cut into
+    its pieces or otherwise)), changed in place where the field holds too few or too many digits for its
+    template's length: the fewest and surest changes that give it a count within the length; none when no
+    way does."""
+    marks = [mark for readings in numbers for mark in readings]
+    low, high = length
+    if low <= sum(_digits(reading) for reading, _ in marks) <= high:
+        return
+    best: dict[int, tuple[float, list]] = {0: (0.0, [])}  # digits so far -> (cost, the reading of each mark)
+    for reading, options in marks:
+        step: dict[int, tuple[float, list]] = {}
+        for option in options:
+            same = [id(detail) for detail in option] == [id(detail) for detail in reading]
+            cost = 0.0 if same else SWITCH + max(0.0, _sureness(reading) - _sureness(option))
+            for count, (so_far, chosen) in best.items():
+                total = count + _digits(option)
+                if total <= high and (total not in step or so_far + cost < step[total][0]):
+                    step[total] = (so_far + cost, chosen + [reading if same else option])
+        best = step
+    fitting = [best[count] for count in range(low, high + 1) if count in best]
+    if not fitting:
+        return
+    chosen = iter(min(fitting, key=lambda entry: entry[0])[1])
+    for readings in numbers:
+        readings[:] = [(next(chosen), options) for _, options in readings]
+
+
+def _digits(reading: list[dict[str, Any]]) -> int:
+    return sum(not _rejected(detail) for detail in reading)
+
+
+def _sureness(reading: list[dict[str, Any]]) -> float:
+    """How sure the model is of a reading: the mean log confidence of its digits (of "not a digit" when it
+    holds none)."""
+    kept = [detail["confidence"] for detail in reading if not _rejected(detail)]
+    if not kept:
+        return math.log(max(reading[0]["not_a_digit"], 1e-6))
+    return float(np.mean(np.log(np.maximum(kept, 1e-6))))
 
 
 def _rejected(detail: dict[str, Any]) -> bool:
@@ -215,9 +272,11 @@ def _without_stray_ends(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def images_of(pages: list) -> list[np.ndarray]:
-    """The images the model reads for normalised pages, in the order read() expects: each glyph, then its pieces."""
+    """The images the model reads for normalised pages, in the order read() expects: each glyph, then its
+    pieces, then the pieces of its other cuts."""
     return [image for page in pages for glyph in page.glyphs
-            for image in (glyph.image, *(piece.image for piece in glyph.pieces))]
+            for image in (glyph.image, *(piece.image for piece in glyph.pieces),
+                          *(piece.image for cut in glyph.cuts for piece in cut))]
 
 
 def _reading(whole: dict[str, Any], pieces: list[dict[str, Any]], *, last_resort: bool = False
