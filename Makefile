@@ -21,7 +21,14 @@ install: $(INSTALLED)
 up: $(INSTALLED)
 	$(BIN)/digits up
 
-test: $(INSTALLED)
+# Debian's Chromium, which the web page's browser tests drive (tests/test_web.py): installed once,
+# as root or through sudo.
+CHROMIUM = /usr/bin/chromium
+$(CHROMIUM):
+	if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi
+
+test: $(INSTALLED) $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 # The in-process tier: no worker process, no trained model; well under a minute.

@@ -115,7 +115,7 @@ def throughput_run(pipeline: Pipeline, files: list[tuple[str, bytes, int]]
 
 def model_calls(pipeline: Pipeline) -> tuple[int, int, float]:
     """(batches, images, seconds spent in model calls) of all workers so far, from their digits_info."""
-    from digits.status import workers
+    from core.status import workers
 
     batches = images = 0
     seconds = 0.0

@@ -21,10 +21,16 @@ INFO_COMMAND = "digits_info"  # the Celery inspect command each worker answers (
 
 LEDGER_KEY = "digits:ledger"        # hash: inbox path -> "<state>:<sha256>:<unix time>"
 COUNTER_PREFIX = "digits:count:"    # + status: results made, for digits status and digits up
+REVIEW_COUNTER_KEY = COUNTER_PREFIX + "review"  # inbox files whose result was flagged for review
 ROW_MARK_PREFIX = "digits:row:"     # + drop (or job), sha256, source: results.csv row written once
 UNACKED_KEY = "unacked"             # Kombu's Redis transport: jobs delivered to a worker and not yet acknowledged
 UNACKED_INDEX_KEY = "unacked_index"  # ... and when each was delivered, or last seen held by a live worker
 UNACKED_MUTEX_KEY = "unacked_mutex"  # ... and the lock a worker holds while it puts back a silent worker's jobs
+
+# --- what each worker measures (digits_info), as Prometheus histograms' upper bounds ----------------
+
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # images per model call
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)  # drop to result, s
 
 # --- the result object -------------------------------------------------------------------------
 

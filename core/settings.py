@@ -80,6 +80,11 @@ class Settings:
                                          "(killed, frozen, its machine gone) waits before another worker gets it")
     job_retries: int = _setting(10, "Times a job is retried, with backoff up to a minute, after transient trouble "
                                 "(Redis away, results folder full or read-only) before its files get error results")
+    web_host: str = _setting("127.0.0.1", "Address the web page listens on; any but a loopback address requires "
+                             "a token")
+    web_port: int = _setting(8800, "Port of the web page (0: any free port)")
+    web_token: str = _setting("", "Token the web page requires (Authorization: Bearer, or ?token= once); empty: "
+                              "none on a loopback address, else one generated and printed at start")
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING, ERROR")
 
     def __post_init__(self) -> None:
@@ -104,6 +109,8 @@ class Settings:
             raise ConfigError("visibility_timeout must be at least 3 seconds")
         if self.tf_threads < 0:
             raise ConfigError("tf_threads must not be negative")
+        if not 0 <= self.web_port <= 65535:
+            raise ConfigError("web_port must be from 0 to 65535")
         if self.job_retries < 0:
             raise ConfigError("job_retries must not be negative")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -146,6 +153,7 @@ class Settings:
     def log_once(self, service: str) -> None:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
         shown["broker_url"] = redact_url(self.broker_url)
+        shown["web_token"] = "***" if self.web_token else ""
         log.info("%s settings: %s", service, ", ".join(f"{k}={v}" for k, v in shown.items()))
 
 

@@ -82,6 +82,7 @@ SERVICES = {
     "watch": ("watcher.main", "watch the inbox and queue complete files"),
     "submit": ("digits.submit", "send image files to digits.recognize"),
     "status": ("digits.status", "queue depth, workers, counts and throughput"),
+    "web": ("web.main", "the status page and Prometheus metrics (http://127.0.0.1:8800/)"),
     "versions": ("digits.versions", "list the published weights versions (or prune old ones)"),
     "use": ("digits.use", "make a published weights version current (promote or roll back)"),
     "template": ("digits.template", "check a form template against a scan: a picture of what was read where"),

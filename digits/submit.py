@@ -13,7 +13,8 @@ from typing import Any, TextIO
 from core import protocol
 from core.errors import BadInput, BrokerUnavailable, NoWorkerError
 from core.settings import Settings, add_flags, redact_url
-from digits.status import broker_url, celery_client
+from core.status import celery_client
+from digits.status import broker_url
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

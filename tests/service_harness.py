@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-from conftest import PROJECT_ROOT
+import pytest
+from conftest import PROJECT_ROOT, wait_until
 from worker_harness import mnist_test, paint_scan
 
 DIGITS = str(Path(sys.executable).parent / "digits")  # the installed command, as the README runs it
+STARTUP_SECONDS = 180  # TensorFlow start-up on a busy 2-core machine
+STOP_SECONDS = 150
 
 
 def scan_png(index: int) -> tuple[bytes, int]:
@@ -63,3 +70,48 @@ def command_line(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+class Up:
+    """`digits up` running in a folder, its output in files (a pipe could fill up and block it)."""
+
+    launched: list["Up"] = []
+
+    def __init__(self, site: Path, environment: dict[str, str], *arguments: str):
+        Up.launched.append(self)
+        self.site = site
+        self.output = site.parent / f"{site.name}-up-{time.monotonic_ns()}.out"
+        with open(self.output, "wb") as sink:
+            self.process = subprocess.Popen([DIGITS, "up", *arguments], cwd=site, env=environment,
+                                            stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def wait_for(self, needle: str, timeout: float) -> None:
+        def seen() -> bool:
+            if self.process.poll() is not None:
+                pytest.fail(f"digits up exited with {self.process.returncode}:\n{self.text()}")
+            return needle in self.text()
+
+        wait_until(seen, timeout=timeout, interval=0.2, message=f"{needle!r} in the output of digits up")
+
+    def interrupt(self, signal_number: int = signal.SIGINT) -> int:
+        self.process.send_signal(signal_number)
+        try:
+            return self.process.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            pytest.fail(f"digits up did not stop within {STOP_SECONDS}s:\n{self.text()}")
+
+
+def drop(inbox: Path, name: str, data: bytes) -> None:
+    """Write next to the inbox and rename in, the way a careful scanner delivers a file."""
+    staging = inbox.parent / f".{name.replace('/', '_')}.partial"
+    staging.write_bytes(data)
+    staging.rename(inbox / name)
+
+
+def result_of(site: Path, name: str) -> dict | None:
+    path = site / "results" / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

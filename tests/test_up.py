@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess
@@ -16,10 +15,15 @@ import redis
 from conftest import RedisServer, csv_rows, wait_until
 from service_harness import (
     DIGITS,
+    STARTUP_SECONDS,
+    STOP_SECONDS,
+    Up,
     alive,
     clean_environment,
     command_line,
     descendants,
+    drop,
+    result_of,
     scan_png,
     shipped_weights_folder,
 )
@@ -29,9 +33,6 @@ from core.errors import ConfigError, WeightsError
 from core.settings import Settings
 from digits.local import up
 from digits.local.embedded_redis import EmbeddedRedis, recorded_url, running_url
-
-STARTUP_SECONDS = 180  # TensorFlow start-up on a busy 2-core machine
-STOP_SECONDS = 150
 
 
 @pytest.fixture(scope="module")
@@ -51,51 +52,6 @@ def stop_leftovers():
             except subprocess.TimeoutExpired:
                 run.process.kill()
     Up.launched.clear()
-
-
-class Up:
-    """`digits up` running in a folder, its output in files (a pipe could fill up and block it)."""
-
-    launched: list["Up"] = []
-
-    def __init__(self, site: Path, environment: dict[str, str], *arguments: str):
-        Up.launched.append(self)
-        self.site = site
-        self.output = site.parent / f"{site.name}-up-{time.monotonic_ns()}.out"
-        with open(self.output, "wb") as sink:
-            self.process = subprocess.Popen([DIGITS, "up", *arguments], cwd=site, env=environment,
-                                            stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def text(self) -> str:
-        return self.output.read_text(errors="replace")
-
-    def wait_for(self, needle: str, timeout: float) -> None:
-        def seen() -> bool:
-            if self.process.poll() is not None:
-                pytest.fail(f"digits up exited with {self.process.returncode}:\n{self.text()}")
-            return needle in self.text()
-
-        wait_until(seen, timeout=timeout, interval=0.2, message=f"{needle!r} in the output of digits up")
-
-    def interrupt(self, signal_number: int = signal.SIGINT) -> int:
-        self.process.send_signal(signal_number)
-        try:
-            return self.process.wait(timeout=STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            pytest.fail(f"digits up did not stop within {STOP_SECONDS}s:\n{self.text()}")
-
-
-def drop(inbox: Path, name: str, data: bytes) -> None:
-    """Write next to the inbox and rename in, the way a careful scanner delivers a file."""
-    staging = inbox.parent / f".{name.replace('/', '_')}.partial"
-    staging.write_bytes(data)
-    staging.rename(inbox / name)
-
-
-def result_of(site: Path, name: str) -> dict | None:
-    path = site / "results" / f"{name}.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def test_digits_up_recognises_dropped_scans_stops_cleanly_on_ctrl_c_and_resumes(tmp_path, weights):

@@ -12,6 +12,7 @@ from core import ledger, protocol
 from core.settings import Settings
 from worker import process_files
 from worker import results_files as results
+from worker.batching import Stats
 
 pytestmark = pytest.mark.fast
 
@@ -99,7 +100,8 @@ def test_another_job_finding_the_row_of_a_job_that_died_before_done_adds_none(tm
 
 def test_a_job_that_fails_for_good_gives_its_files_error_results_and_moves_them_to_failed(tmp_path, redis_client):
     settings = Settings(inbox=tmp_path / "inbox", results=tmp_path / "results", failed=tmp_path / "failed")
-    runtime = SimpleNamespace(settings=settings, redis=redis_client, templates=None)
+    runtime = SimpleNamespace(settings=settings, redis=redis_client, templates=None,
+                              batcher=SimpleNamespace(stats=Stats()))
     settings.inbox.mkdir()
     (settings.inbox / "stuck.png").write_bytes(b"waited through ten retries")
     sha = hashlib.sha256(b"waited through ten retries").hexdigest()
@@ -112,6 +114,7 @@ def test_a_job_that_fails_for_good_gives_its_files_error_results_and_moves_them_
     assert (settings.failed / "stuck.png").is_file() and not (settings.inbox / "stuck.png").exists()
     assert [row["source"] for row in rows(tmp_path)] == ["stuck.png"]
     assert ledger.lookup(redis_client, ["stuck.png"]) == [None]  # forgotten: the same file dropped again is new
+    assert sum(runtime.batcher.stats.snapshot()["latency_buckets"]) == 1  # its drop-to-result time is measured
 
 
 def test_results_files_follow_the_umask(tmp_path):
@@ -131,7 +134,8 @@ def test_a_file_that_breaks_the_reader_fails_alone_and_an_unreadable_one_waits(t
     settings = Settings(inbox=tmp_path / "inbox", results=tmp_path / "results")
     settings.inbox.mkdir()
     runtime = SimpleNamespace(settings=settings, redis=redis_client, templates=None,
-                              holder=SimpleNamespace(current=SimpleNamespace(version="v1")))
+                              holder=SimpleNamespace(current=SimpleNamespace(version="v1")),
+                              batcher=SimpleNamespace(stats=Stats()))
 
     def broken_reader(data, settings, template=None):
         raise ValueError("a bug this file triggers")

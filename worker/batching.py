@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import collections
 import logging
 import threading
@@ -13,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from core import protocol
 from core.protocol import DIGIT_CLASSES
 from core.weights import GLYPH_SHAPE
 
@@ -46,6 +48,11 @@ class Stats:
         self.queue_seconds = 0.0
         self.compute_seconds = 0.0
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        # Histograms (counts per bucket, the last beyond the largest bound): images per model call, and
+        # seconds from an inbox file's drop to its result.
+        self.batch_sizes = [0] * (len(protocol.BATCH_SIZE_BUCKETS) + 1)
+        self.latencies = [0] * (len(protocol.LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
 
     def record(self, *, images: int, queue_seconds: float, compute_seconds: float) -> None:
         now = time.monotonic()
@@ -55,10 +62,18 @@ class Stats:
             self.queue_seconds += queue_seconds
             self.compute_seconds += compute_seconds
             self._recent.append((now, images))
+            self.batch_sizes[bisect.bisect_left(protocol.BATCH_SIZE_BUCKETS, images)] += 1
             while self._recent and self._recent[0][0] < now - RATE_WINDOW_SECONDS:
                 self._recent.popleft()
 
-    def snapshot(self) -> dict[str, float | int | str]:
+    def observe_latencies(self, seconds: list[float]) -> None:
+        """Seconds from inbox files' drops to their results."""
+        with self._lock:
+            for value in seconds:
+                self.latencies[bisect.bisect_left(protocol.LATENCY_BUCKETS, value)] += 1
+                self.latency_sum += value
+
+    def snapshot(self) -> dict[str, float | int | str | list]:
         now = time.monotonic()
         with self._lock:
             recent = sum(count for stamp, count in self._recent if stamp >= now - RATE_WINDOW_SECONDS)
@@ -71,6 +86,9 @@ class Stats:
                 "average_queue_ms": round(1000 * self.queue_seconds / self.batches, 3) if self.batches else 0.0,
                 "average_compute_ms": round(1000 * self.compute_seconds / self.batches, 3) if self.batches else 0.0,
                 "started_at": self.started_at,
+                "batch_size_buckets": list(self.batch_sizes),
+                "latency_buckets": list(self.latencies),
+                "latency_seconds_sum": round(self.latency_sum, 6),
             }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import time
 import hashlib
 import logging
 import os
@@ -222,6 +223,9 @@ def _conclude(entries: list[InboxFile], *, settings: Settings, runtime: Runtime,
         finished.append((entry.relative, entry.sha256, kept))
         entry.summary = protocol.summary_of(entry.result)
     ledger.finish_many(runtime.redis, finished)
+    now = time.time()
+    runtime.batcher.stats.observe_latencies([now - float(drops[(entry.relative, entry.sha256)]) for entry in entries
+                                             if (entry.relative, entry.sha256) in drops])
 
 
 def _dispose(entry: InboxFile, *, disposition: str, settings: Settings, job: str) -> bool:
@@ -303,6 +307,9 @@ def _mark_done(client, keyed: dict[str, dict[str, Any]], *, ttl: int, count: boo
     if count:
         for status, number in collections.Counter(result["status"] for result in keyed.values()).items():
             pipe.incrby(protocol.counter_key(status), number)
+        flagged = sum(bool(result.get("review")) for result in keyed.values())
+        if flagged:
+            pipe.incrby(protocol.REVIEW_COUNTER_KEY, flagged)
     pipe.execute()
 
 

@@ -95,7 +95,7 @@ class Progress:
         self.last_printed = 0.0
 
     def update(self) -> None:
-        from digits import status
+        from core import status
 
         try:
             report = self._numbers(status)
@@ -205,7 +205,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     lock = _lock_state(settings.state)
     stop = StopRequest()
     stop.install()
-    redis_server = None
+    redis_server = web = None
     services: list[Child] = []
     try:
         if settings.broker_url:
@@ -220,10 +220,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 break
             services.append(Child(name, [sys.executable, "-m", "digits", *arguments],
                                   log_path=settings.state / f"{name}.log", environment=environment).start())
-        _announce(settings)
+        web = _web_page(settings)
+        _announce(settings, web)
         status = _supervise(services, stop=stop, url=settings.broker_url, interval=args.progress_interval,
                             redis_child=redis_server.child if redis_server else None)
     finally:
+        if web is not None:
+            web.stop()
         _shut_down(services, redis_server, stop=stop)
         lock.close()
     left = _files_in(settings.inbox)
@@ -242,11 +245,23 @@ def service_commands(workers: int) -> list[tuple[str, list[str]]]:
     return commands + [("watcher", ["watch"])]
 
 
-def _announce(settings: Settings) -> None:
+def _web_page(settings: Settings):
+    """The status page, served from this process; the pipeline runs without it when it cannot listen."""
+    from web.main import WebServer
+
+    try:
+        return WebServer(settings, settings.broker_url).start()
+    except ConfigError as error:
+        print(f"digits up: no status page: {error} (set DIGITS_WEB_PORT)", flush=True)
+        return None
+
+
+def _announce(settings: Settings, web) -> None:
     print(f"digits up: drop scans into   {settings.inbox}\n"
           f"           results appear in {settings.results}  (originals move to {settings.processed}"
           f" or {settings.failed})\n"
-          f"           logs in {settings.state}; Ctrl-C stops everything cleanly.", flush=True)
+          + (f"           status page at   {web.link}\n" if web is not None else "")
+          + f"           logs in {settings.state}; Ctrl-C stops everything cleanly.", flush=True)
 
 
 RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0)  # seconds before each restart of a service that exited

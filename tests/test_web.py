@@ -1,0 +1,172 @@
+"""The web page: a real `digits up` (embedded Redis, worker, watcher) serving it, read in headless Chromium
+(Debian's, driven by Playwright); its token beyond 127.0.0.1; its metrics against the files processed."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import free_port, wait_until
+from service_harness import (
+    DIGITS,
+    STARTUP_SECONDS,
+    STOP_SECONDS,
+    Up,
+    clean_environment,
+    drop,
+    result_of,
+    scan_png,
+    shipped_weights_folder,
+)
+
+from core import protocol
+from web.metrics import exposition
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = os.environ.get("DIGITS_SCREENSHOTS")  # a folder: the tests also save the README's screenshots there
+
+
+@pytest.fixture(autouse=True)
+def stop_leftovers():
+    yield
+    for run in Up.launched:
+        if run.process.poll() is None:
+            run.interrupt()
+    Up.launched.clear()
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).is_file(), "Debian's chromium is needed (make test installs it)"
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def fetch(url: str, *, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, dict, str]:
+    request = urllib.request.Request(url, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read().decode()
+
+
+def metric(text: str, name: str) -> float:
+    found = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, flags=re.MULTILINE)
+    assert found, f"{name} not in the metrics"
+    return float(found.group(1))
+
+
+def test_files_dropped_into_the_inbox_appear_on_the_status_page_and_in_the_metrics(tmp_path, browser):
+    site = tmp_path / "site"
+    site.mkdir()
+    port = free_port()
+    environment = clean_environment(DIGITS_WEIGHTS=str(shipped_weights_folder()), DIGITS_DEVICE="cpu",
+                                    DIGITS_READY_DELAY="0.3", DIGITS_WORKERS="1", DIGITS_WEB_PORT=str(port))
+    up = Up(site, environment)
+    up.wait_for("drop scans into", timeout=60)
+    assert f"status page at   http://127.0.0.1:{port}/" in up.text()
+
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.goto(f"http://127.0.0.1:{port}/")
+    assert page.title() == "digits — status"
+    wait_until(lambda: page.text_content("#state") == "live", timeout=30, message="the page to say live")
+    before = int(page.text_content("#done"))
+    assert before == 0 and page.text_content("#failed") == "0"
+
+    hostile = '<img src=x onerror="document.title=1">&amp;.png'  # a file name is shown as text, never as markup
+    scans = {f"scan-{index}.png": scan_png(index)[0] for index in range(3)}
+    scans[hostile] = scan_png(3)[0]
+    for name, data in {**scans, "broken.png": b"not an image"}.items():
+        drop(site / "inbox", name, data)
+    wait_until(lambda: page.text_content("#done") == "4" and page.text_content("#failed") == "1",
+               timeout=STARTUP_SECONDS, interval=0.3, message="the page's counts to reach 4 done and 1 failed")
+    wait_until(lambda: hostile in page.text_content("#recent"), timeout=10, interval=0.3,
+               message="the latest results to list every file")
+    recent = page.text_content("#recent")
+    assert all(name in recent for name in [*scans, "broken.png"])
+    assert page.locator("#recent img").count() == 0 and page.title() == "digits — status"
+    workers = page.text_content("#workers")
+    assert "cpu" in workers.lower() and (shipped_weights_folder() / "CURRENT").read_text().strip() in workers
+    wait_until(lambda: page.get_attribute("#line", "points"), timeout=30, interval=0.3, message="the chart")
+    if SCREENSHOTS:
+        page.screenshot(path=str(Path(SCREENSHOTS) / "web-status.png"), full_page=True)
+
+    status, headers, text = fetch(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    wait_until(lambda: metric(fetch(f"http://127.0.0.1:{port}/metrics")[2], "digits_drop_to_result_seconds_count") == 5,
+               timeout=10, interval=0.5, message="every file's drop-to-result time in the metrics")
+    status, _, text = fetch(f"http://127.0.0.1:{port}/metrics")
+    results = [result_of(site, name) for name in [*scans, "broken.png"]]
+    flagged = sum(result["review"] for result in results)
+    assert metric(text, 'digits_files_total{status="ok"}') + metric(text, 'digits_files_total{status="no_digit"}') == 4
+    assert metric(text, 'digits_files_total{status="error"}') == 1
+    assert metric(text, "digits_review_flagged_total") == flagged
+    assert metric(text, "digits_workers_online") == 1 and metric(text, "digits_up") == 1
+    assert metric(text, "digits_batch_size_sum") == metric(text, "digits_images_total") >= 4
+    assert metric(text, 'digits_batch_size_bucket{le="+Inf"}') == metric(text, "digits_model_calls_total") >= 1
+    assert re.search(r'^digits_model_info\{.*version="[^"]+".*\} 1\.0$', text, flags=re.MULTILINE)
+    assert up.interrupt() == 0
+
+
+def test_beyond_127_0_0_1_every_request_needs_the_token(tmp_path, redis_server):
+    port = free_port()
+    environment = clean_environment(DIGITS_BROKER_URL=redis_server.url, DIGITS_RESULTS=str(tmp_path))
+    output = tmp_path / "web.out"
+    with open(output, "wb") as sink:
+        process = subprocess.Popen([DIGITS, "web", "--web-host", "0.0.0.0", "--web-port", str(port)], env=environment,
+                                   stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        found = wait_until(lambda: re.search(r"status page is at (http://\S+/\?token=(\S+))", output.read_text()),
+                           timeout=60, message="the address with its token")
+        link, token = found.group(1), found.group(2)
+        assert len(token) >= 24 and output.read_text().count(token) == 1  # printed once, never logged
+        base = f"http://127.0.0.1:{port}"
+        for path in ("/", "/api/status", "/metrics", "/static/status.js"):
+            assert fetch(base + path)[0] == 401, path
+            assert fetch(base + path, headers={"Authorization": "Bearer wrong"})[0] == 401, path
+            assert fetch(base + path, headers={"Authorization": f"Bearer {token}"})[0] == 200, path
+        status, headers, _ = fetch(link.replace("0.0.0.0", "127.0.0.1"))
+        assert status == 200
+        cookie = headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert fetch(base + "/api/status", headers={"Cookie": cookie.split(";")[0]})[0] == 200
+        assert fetch(base + "/", headers={"Authorization": f"Bearer {token}"}, method="POST")[0] == 405
+        # Nothing outside the page's own files is served, however the path is written.
+        for path in ("/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fapp.py", "/../pyproject.toml"):
+            assert fetch(base + path, headers={"Authorization": f"Bearer {token}"})[0] == 404, path
+    finally:
+        process.terminate()
+        assert process.wait(timeout=STOP_SECONDS) == 0
+
+
+@pytest.mark.fast
+def test_metrics_sum_the_workers_histograms_and_name_each_model():
+    bounds = len(protocol.LATENCY_BUCKETS) + 1
+    worker = {"model": "v1", "device": "CPU", "backend": "tensorflow", "images": 70, "batches": 3,
+              "batch_size_buckets": [1, 0, 0, 0, 0, 1, 1, 0, 0, 0], "latency_buckets": [0, 0, 2] + [0] * (bounds - 3),
+              "latency_seconds_sum": 0.07}
+    report = {"error": None, "counts": {"ok": 5, "no_digit": 1, "error": 2}, "flagged": 3, "queue_depth": 4,
+              "in_flight": 1, "files_waiting": 6,
+              "workers": [{"node": "a@h", **worker}, {"node": "b@h", **worker, "model": "v2"}, {"node": "c@h", "error": "x"}]}
+    text = exposition(report)[0].decode()
+    assert metric(text, 'digits_files_total{status="error"}') == 2 and metric(text, "digits_review_pending") == 3
+    assert metric(text, "digits_workers_online") == 2 and metric(text, "digits_queue_depth") == 4
+    assert metric(text, 'digits_batch_size_bucket{le="1"}') == 2 and metric(text, 'digits_batch_size_bucket{le="32"}') == 4
+    assert metric(text, 'digits_batch_size_bucket{le="+Inf"}') == 6 and metric(text, "digits_batch_size_sum") == 140
+    assert metric(text, 'digits_drop_to_result_seconds_bucket{le="0.05"}') == 4
+    assert metric(text, "digits_drop_to_result_seconds_sum") == pytest.approx(0.14)
+    assert 'digits_model_info{backend="tensorflow",device="CPU",version="v2",worker="b@h"} 1.0' in text
+    assert exposition({"error": "down"})[0].decode().count("digits_up 0.0") == 1
