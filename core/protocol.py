@@ -6,6 +6,7 @@ watcher and the command line all read it from here.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
@@ -22,6 +23,8 @@ INFO_COMMAND = "digits_info"  # the Celery inspect command each worker answers (
 LEDGER_KEY = "digits:ledger"        # hash: inbox path -> "<state>:<sha256>:<unix time>"
 COUNTER_PREFIX = "digits:count:"    # + status: results made, for digits status and digits up
 REVIEW_COUNTER_KEY = COUNTER_PREFIX + "review"  # inbox files whose result was flagged for review
+REVIEWED_COUNTER_KEY = COUNTER_PREFIX + "reviewed"  # flagged numbers a person has since reviewed
+REVIEW_QUEUE_KEY = "digits:review"  # sorted set: review_item(...) of each flagged number -> its confidence
 ROW_MARK_PREFIX = "digits:row:"     # + drop (or job), sha256, source: results.csv row written once
 UNACKED_KEY = "unacked"             # Kombu's Redis transport: jobs delivered to a worker and not yet acknowledged
 UNACKED_INDEX_KEY = "unacked_index"  # ... and when each was delivered, or last seen held by a live worker
@@ -68,6 +71,24 @@ def client_app(name: str, url: str, *, results: bool = False, **extra: Any):
     app = Celery(name, broker=url, backend=url if results else None, set_as_current=False)
     app.conf.update(json_only(**extra))
     return app
+
+
+def review_item(source: str, page: int, number: int) -> str:
+    """A flagged number's member of the review queue: its file, page and place among the page's numbers."""
+    return json.dumps([source, page, number], separators=(",", ":"))
+
+
+def parse_review_item(item: str) -> tuple[str, int, int]:
+    """The (source, page, number) of a review item; raises ValueError for anything else."""
+    source, page, number = json.loads(item)
+    if not (isinstance(source, str) and type(page) is int and type(number) is int and page >= 0 and number >= 0):
+        raise ValueError(f"not a review item: {item!r}")
+    return source, page, number
+
+
+def review_crop(source: str, page: int, number: int) -> str:
+    """Where a flagged number's crop lies, relative to the results folder."""
+    return f"{source}.review/{page}-{number}.png"
 
 
 def now_iso() -> str:

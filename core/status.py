@@ -60,6 +60,8 @@ def collect(url: str, *, timeout: float = 1.0, worker_limit: int | None = None) 
         in_flight = client.hlen(protocol.UNACKED_KEY)
         done = counts(client)
         flagged = int(client.get(protocol.REVIEW_COUNTER_KEY) or 0)
+        reviewed = int(client.get(protocol.REVIEWED_COUNTER_KEY) or 0)
+        review_pending = client.zcard(protocol.REVIEW_QUEUE_KEY)
         files_waiting = ledger.count_queued(client)
     except redis.exceptions.RedisError as error:
         raise BrokerUnavailable(f"cannot reach Redis at {redact_url(url)}: {error}") from None
@@ -78,6 +80,8 @@ def collect(url: str, *, timeout: float = 1.0, worker_limit: int | None = None) 
         "done": done["ok"] + done["no_digit"],
         "failed": done["error"],
         "flagged": flagged,
+        "review_pending": review_pending,
+        "reviewed": reviewed,
         "counts": done,
         "workers_online": len(answering),
         "workers": online,

@@ -17,7 +17,7 @@ PACKAGES = ("core", "digits", "trainer", "watcher", "web", "worker")
 ALLOWED = {
     "core": set(),
     "watcher": {"core"},
-    "web": {"core"},
+    "web": {"core", "worker"},
     "worker": {"core"},
     "trainer": {"core", "worker"},
     "digits": {"core", "trainer", "watcher", "web", "worker"},

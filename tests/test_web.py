@@ -143,7 +143,7 @@ def test_beyond_127_0_0_1_every_request_needs_the_token(tmp_path, redis_server):
         cookie = headers["Set-Cookie"]
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
         assert fetch(base + "/api/status", headers={"Cookie": cookie.split(";")[0]})[0] == 200
-        assert fetch(base + "/", headers={"Authorization": f"Bearer {token}"}, method="POST")[0] == 405
+        assert fetch(base + "/", headers={"Authorization": f"Bearer {token}"}, method="POST")[0] == 403  # no CSRF token
         # Nothing outside the page's own files is served, however the path is written.
         for path in ("/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fapp.py", "/../pyproject.toml"):
             assert fetch(base + path, headers={"Authorization": f"Bearer {token}"})[0] == 404, path
@@ -158,11 +158,13 @@ def test_metrics_sum_the_workers_histograms_and_name_each_model():
     worker = {"model": "v1", "device": "CPU", "backend": "tensorflow", "images": 70, "batches": 3,
               "batch_size_buckets": [1, 0, 0, 0, 0, 1, 1, 0, 0, 0], "latency_buckets": [0, 0, 2] + [0] * (bounds - 3),
               "latency_seconds_sum": 0.07}
-    report = {"error": None, "counts": {"ok": 5, "no_digit": 1, "error": 2}, "flagged": 3, "queue_depth": 4,
+    report = {"error": None, "counts": {"ok": 5, "no_digit": 1, "error": 2}, "flagged": 3, "review_pending": 2,
+              "reviewed": 1, "queue_depth": 4,
               "in_flight": 1, "files_waiting": 6,
               "workers": [{"node": "a@h", **worker}, {"node": "b@h", **worker, "model": "v2"}, {"node": "c@h", "error": "x"}]}
     text = exposition(report)[0].decode()
-    assert metric(text, 'digits_files_total{status="error"}') == 2 and metric(text, "digits_review_pending") == 3
+    assert metric(text, 'digits_files_total{status="error"}') == 2 and metric(text, "digits_review_pending") == 2
+    assert metric(text, "digits_review_flagged_total") == 3 and metric(text, "digits_reviewed_total") == 1
     assert metric(text, "digits_workers_online") == 2 and metric(text, "digits_queue_depth") == 4
     assert metric(text, 'digits_batch_size_bucket{le="1"}') == 2 and metric(text, 'digits_batch_size_bucket{le="32"}') == 4
     assert metric(text, 'digits_batch_size_bucket{le="+Inf"}') == 6 and metric(text, "digits_batch_size_sum") == 140
@@ -170,3 +172,70 @@ def test_metrics_sum_the_workers_histograms_and_name_each_model():
     assert metric(text, "digits_drop_to_result_seconds_sum") == pytest.approx(0.14)
     assert 'digits_model_info{backend="tensorflow",device="CPU",version="v2",worker="b@h"} 1.0' in text
     assert exposition({"error": "down"})[0].decode().count("digits_up 0.0") == 1
+
+
+def test_a_flagged_number_is_reviewed_with_the_keyboard_alone(tmp_path, browser):
+    site = tmp_path / "site"
+    site.mkdir()
+    port = free_port()
+    environment = clean_environment(DIGITS_WEIGHTS=str(shipped_weights_folder()), DIGITS_DEVICE="cpu",
+                                    DIGITS_READY_DELAY="0.3", DIGITS_WORKERS="1", DIGITS_WEB_PORT=str(port),
+                                    DIGITS_REVIEW_BELOW="1.0")  # every number is flagged
+    up = Up(site, environment)
+    up.wait_for("drop scans into", timeout=60)
+    base = f"http://127.0.0.1:{port}"
+    scans = {f"scan-{index}.png": scan_png(index) for index in range(2)}
+    for name, (data, _) in scans.items():
+        drop(site / "inbox", name, data)
+    wait_until(lambda: all(result_of(site, name) for name in scans), timeout=STARTUP_SECONDS, interval=0.3,
+               message="both results")
+    for name in scans:
+        assert result_of(site, name)["review"] and (site / "results" / f"{name}.review" / "0-0.png").is_file()
+
+    page = browser.new_page(viewport={"width": 900, "height": 800})
+    page.goto(base + "/")
+    wait_until(lambda: page.text_content("#review_pending") == "2", timeout=10, interval=0.3,
+               message="two numbers to review on the status page")
+    page.goto(base + "/review")
+    page.wait_for_selector("#card:not([hidden])")
+    first = page.text_content("#source")
+    read, label = result_of(site, first)["digits"], scans[first][1]
+    assert page.text_content("#digits") == read and len(page.text_content("#per_digit")) > 0
+    assert page.evaluate("document.getElementById('crop').naturalWidth") > 0  # the crop, not the original
+    # The keyboard alone: the correction field has the focus; Tab to the name and back.
+    wrong = str((int(read) + 1) % 10)
+    page.keyboard.press("Tab")
+    page.keyboard.type("ana")
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.type(wrong)
+    if SCREENSHOTS:
+        page.screenshot(path=str(Path(SCREENSHOTS) / "web-review.png"))
+    page.keyboard.press("Enter")  # saves the digits typed
+    wait_until(lambda: page.text_content("#source") != first, timeout=10, interval=0.2, message="the next number")
+    corrected = result_of(site, first)
+    assert corrected["digits"] == wrong and corrected["review"] is False
+    reviewed = corrected["pages"][0]["numbers"][0]["reviewed"]
+    assert reviewed["action"] == "correct" and reviewed["read"] == read and reviewed["by"] == "ana" and reviewed["at"]
+    second = page.text_content("#source")
+    page.keyboard.press("Enter")  # nothing typed: accepted as read
+    page.wait_for_selector("#empty:not([hidden])")
+    assert result_of(site, second)["review"] is False
+    rows = (site / "results" / "corrections.csv").read_text().splitlines()
+    assert rows[0] == "reviewed_at,source,page,number,read,digits,action,by" and len(rows) == 3
+    assert rows[1].endswith(f",{first},0,0,{read},{wrong},correct,ana") and rows[2].endswith(",accept,ana")
+    page.goto(base + "/")
+    wait_until(lambda: page.text_content("#review_pending") == "0", timeout=10, interval=0.3, message="0 to review")
+
+
+    # A crop is served only from the results folder, whatever the item names.
+    for item in ('["../../../etc/passwd",0,0]', '["scan-0.png",0,-1]', "not json", '["/etc/hosts",0,0]'):
+        assert fetch(f"{base}/api/review/crop?item={urllib.request.quote(item)}")[0] == 404, item
+    # Changes come only from the page itself: its CSRF token, its own origin, JSON.
+    body = b'{"item": "x", "action": "accept", "digits": "", "by": "eve"}'
+    for headers in ({"Content-Type": "application/json"},
+                    {"Content-Type": "application/json", "X-CSRF-Token": "guess"}):
+        request = urllib.request.Request(f"{base}/api/review", data=body, headers=headers, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 403
+    assert up.interrupt() == 0

@@ -8,10 +8,15 @@ more. Every request is a quick read of the sampler's latest status, so a plain t
 from __future__ import annotations
 
 import hmac
+import secrets
+from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, jsonify, render_template, request, send_file
+from redis.exceptions import RedisError
 
+from core import protocol
+from web import review
 from web.metrics import exposition
 from web.sampler import Sampler
 
@@ -25,12 +30,14 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(sampler: Sampler, *, token: str = "", title: str = "digits") -> Flask:
-    """The application over a running sampler. With a token, every request must carry it: the header
-    `Authorization: Bearer <token>`, the cookie the page sets, or once `?token=<token>` in the address
-    (which sets that cookie: strict same-site, not readable by scripts)."""
+def create_app(sampler: Sampler, *, client, results: Path, token: str = "", title: str = "digits") -> Flask:
+    """The application over a running sampler, the service's Redis (`client`) and results folder. With a
+    token, every request must carry it: the header `Authorization: Bearer <token>`, the cookie the page
+    sets, or once `?token=<token>` in the address (which sets that cookie: strict same-site, not readable by
+    scripts). Changes are POSTs of JSON carrying the page's own CSRF token in a header, from this origin."""
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=64_000)
+    csrf = secrets.token_urlsafe(24)
 
     def given_token() -> str:
         header = request.headers.get("Authorization", "")
@@ -45,6 +52,16 @@ def create_app(sampler: Sampler, *, token: str = "", title: str = "digits") -> F
                             mimetype="text/plain", headers={"WWW-Authenticate": "Bearer"})
         return None
 
+    @app.before_request
+    def check_origin() -> Any:
+        if request.method == "GET":
+            return None
+        origin = request.headers.get("Origin")
+        if (not hmac.compare_digest(request.headers.get("X-CSRF-Token", "").encode(), csrf.encode())
+                or (origin is not None and origin != request.host_url.rstrip("/")) or not request.is_json):
+            return Response("refused: not a request of this page\n", status=403, mimetype="text/plain")
+        return None
+
     @app.after_request
     def headers(response: Response) -> Response:
         response.headers.update(SECURITY_HEADERS)
@@ -56,6 +73,35 @@ def create_app(sampler: Sampler, *, token: str = "", title: str = "digits") -> F
     def status_page() -> str:
         return render_template("status.html", title=title, report=sampler.report())
 
+    @app.get("/review")
+    def review_page() -> str:
+        return render_template("review.html", title=title, csrf=csrf)
+
+    @app.get("/api/review")
+    def review_queue() -> Response:
+        return jsonify(review.pending(client, results))
+
+    @app.get("/api/review/crop")
+    def review_crop() -> Response:
+        try:
+            return send_file(review.crop_path(results, request.args.get("item", "")), mimetype="image/png")
+        except review.ReviewError as error:
+            return Response(f"{error}\n", status=error.status, mimetype="text/plain")
+
+    @app.post("/api/review")
+    def review_decision() -> Response:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not all(isinstance(body.get(key, ""), str)
+                                                 for key in ("item", "action", "digits", "by")):
+            return jsonify(error="send {item, action, digits, by} as JSON"), 400
+        try:
+            row = review.decide(client, results, body.get("item", ""), action=body.get("action", ""),
+                                digits=body.get("digits", ""), by=body.get("by", ""), at=protocol.now_iso())
+        except review.ReviewError as error:
+            return jsonify(error=str(error)), error.status
+        sampler.sample()  # the counts move at once
+        return jsonify(row)
+
     @app.get("/api/status")
     def status_json() -> Response:
         return jsonify(sampler.report())
@@ -64,6 +110,10 @@ def create_app(sampler: Sampler, *, token: str = "", title: str = "digits") -> F
     def metrics() -> Response:
         body, content_type = exposition(sampler.report())
         return Response(body, content_type=content_type)
+
+    @app.errorhandler(RedisError)
+    def redis_away(error) -> Response:
+        return Response(f"Redis is unreachable: {error}\n", status=503, mimetype="text/plain")
 
     @app.errorhandler(404)
     def not_found(_error) -> Response:

@@ -36,6 +36,7 @@ class WebServer:
     def __init__(self, settings: Settings, url: str):
         from waitress.server import create_server
 
+        from core.brokers import redis_client
         from web.app import create_app
         from web.sampler import Sampler
 
@@ -45,7 +46,8 @@ class WebServer:
         self.token = token
         self.sampler = Sampler(url, settings.results)
         try:
-            self.server = create_server(create_app(self.sampler, token=token), host=settings.web_host,
+            app = create_app(self.sampler, client=redis_client(url), results=settings.results, token=token)
+            self.server = create_server(app, host=settings.web_host,
                                         port=settings.web_port, threads=4, ident="digits")
         except OSError as error:
             raise ConfigError(f"the web page cannot listen on {settings.web_host}:{settings.web_port}: "

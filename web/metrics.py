@@ -36,8 +36,9 @@ class _Snapshot:
         yield files
         yield CounterMetricFamily("digits_review_flagged", "Inbox files whose result was flagged for review",
                                   value=report["flagged"])
-        yield GaugeMetricFamily("digits_review_pending", "Results flagged for review and not yet reviewed",
-                                value=report["flagged"])
+        yield GaugeMetricFamily("digits_review_pending", "Numbers flagged for review and not yet reviewed",
+                                value=report["review_pending"])
+        yield CounterMetricFamily("digits_reviewed", "Flagged numbers a person has reviewed", value=report["reviewed"])
         yield GaugeMetricFamily("digits_queue_depth", "Jobs waiting in the digits queue", value=report["queue_depth"])
         yield GaugeMetricFamily("digits_jobs_in_flight", "Jobs a worker holds and has not acknowledged",
                                 value=report["in_flight"])

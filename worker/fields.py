@@ -190,25 +190,17 @@ def _relative(path: Path, inbox: Path) -> str:
 def _drawn(data: bytes, template: Template, result: dict[str, Any], settings):
     """The pages that hold fields, one under the other, with each field's box (blue), the region it is read
     from (grey), where its digits were found (green when valid, red when not) and what was read."""
-    import io
+    from PIL import Image, ImageDraw, ImageFont
 
-    from PIL import Image, ImageDraw, ImageFont, ImageOps
+    from worker.normalise import page_images
 
-    from worker.normalise import PDF_MAGIC, _pdf_pages
-
-    if PDF_MAGIC in data[:1024]:
-        sources = _pdf_pages(data, dpi=settings.pdf_dpi, max_pixels=settings.max_pixels)
-    else:
-        image = Image.open(io.BytesIO(data))
-        sources = []
-        for index in range(getattr(image, "n_frames", 1)):
-            image.seek(index)
-            sources.append(ImageOps.exif_transpose(image.convert("RGB")))
+    wanted = {field.page for field in template.fields}
+    sources = page_images(data, pdf_dpi=settings.pdf_dpi, max_pixels=settings.max_pixels, pages=wanted)
     drawn = []
-    for page in sorted({field.page for field in template.fields}):
-        if page >= len(sources):
+    for page in sorted(wanted):
+        if page not in sources:
             continue
-        canvas = sources[page].convert("RGB")
+        canvas = sources[page]
         draw = ImageDraw.Draw(canvas)
         width, height = canvas.size
         font = ImageFont.load_default(size=max(12, height // 60))

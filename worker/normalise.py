@@ -161,6 +161,22 @@ def normalise(source: bytes | str | os.PathLike, *, max_pixels: int = 40_000_000
     return pages
 
 
+def page_images(data: bytes, *, pdf_dpi: int, max_pixels: int, pages: set[int] | None = None
+                ) -> dict[int, Image.Image]:
+    """The pages of a file (those in `pages`, or all) as upright RGB images in the pixels its result's boxes
+    are given in: for pictures and drawings beside what was read (the check picture, review crops)."""
+    if PDF_MAGIC in data[:1024]:
+        rendered = _pdf_pages(data, dpi=pdf_dpi, max_pixels=max_pixels)
+        return {index: page.convert("RGB") for index, page in enumerate(rendered) if pages is None or index in pages}
+    image = _open(data)
+    found = {}
+    for index in range(_page_count(image)):
+        if pages is None or index in pages:
+            image.seek(index)
+            found[index] = ImageOps.exif_transpose(image.convert("RGB"))
+    return found
+
+
 def _size(page_image: Image.Image, scale: float) -> tuple[int, int]:
     return round(page_image.size[0] * scale), round(page_image.size[1] * scale)
 

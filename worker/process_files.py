@@ -17,7 +17,7 @@ from core import ledger, protocol
 from core.errors import BadInput, ImageTooLarge, NotAnImage, UnsafePath
 from core.settings import Settings
 from core.templates import Template, TemplateError
-from worker import recognition
+from worker import crops, recognition
 from worker import results_files as results
 from worker.runtime import Runtime
 
@@ -210,6 +210,15 @@ def _conclude(entries: list[InboxFile], *, settings: Settings, runtime: Runtime,
     """
     if not entries:
         return
+    for entry in entries:  # before the results file that flags them: its crops are there when it is
+        if entry.result.get("review") and entry.path is not None:
+            try:
+                data = _read_if_current(entry, max_bytes=settings.max_image_bytes)
+            except (OSError, BadInput):
+                data = None
+            if data:
+                crops.write(settings.results, entry.relative, data, entry.result, pdf_dpi=settings.pdf_dpi,
+                            max_pixels=settings.max_pixels)
     results.write_json_files([(results.result_path(settings.results, entry.relative), entry.result)
                              for entry in entries])
     record_rows(runtime, [(entry.result, entry.sha256) for entry in entries], job=job, drops=drops)
@@ -310,6 +319,9 @@ def _mark_done(client, keyed: dict[str, dict[str, Any]], *, ttl: int, count: boo
         flagged = sum(bool(result.get("review")) for result in keyed.values())
         if flagged:
             pipe.incrby(protocol.REVIEW_COUNTER_KEY, flagged)
+            pipe.zadd(protocol.REVIEW_QUEUE_KEY, {
+                protocol.review_item(result["source"], page, index): number["confidence"]
+                for result in keyed.values() for page, index, number in crops.flagged(result)})
     pipe.execute()
 
 

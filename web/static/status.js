@@ -44,7 +44,7 @@ async function refresh() {
     setText("state", report.error ? `Redis unreachable: ${report.error}` : "live");
     document.body.classList.toggle("down", Boolean(report.error));
     if (!report.error) {
-      for (const id of ["files_waiting", "done", "failed", "flagged", "queue_depth"]) setText(id, report[id]);
+      for (const id of ["files_waiting", "done", "failed", "flagged", "review_pending", "queue_depth"]) setText(id, report[id]);
       fillRows("workers", report.workers || [], (w) => [w.node, w.device, w.model, w.images, w.images_per_second]);
       drawChart(report.throughput || []);
     }

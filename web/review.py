@@ -1,0 +1,113 @@
+"""The review queue: the numbers flagged for review, lowest confidence first, each with its crop, its digits
+and their runners-up; a person's decision rewrites its results file (atomically, keeping what was read, who
+decided and when), appends a row to RESULTS/corrections.csv and takes the number off the queue."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from core import protocol
+from core.errors import UnsafePath
+from worker import results_files
+
+CORRECTIONS = "corrections.csv"
+COLUMNS = ("reviewed_at", "source", "page", "number", "read", "digits", "action", "by")
+ACTIONS = ("accept", "correct", "unreadable")
+DIGITS = re.compile(r"^[0-9]{1,64}$")
+REVIEWER = re.compile(r"^[\w .@-]{1,64}$")
+
+
+class ReviewError(Exception):
+    """A decision that cannot be taken: `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def corrections_sheet(results: Path) -> results_files.Sheet:
+    return results_files.Sheet(results_files.confined(results, CORRECTIONS), COLUMNS,
+                               lambda row: [row[column] for column in COLUMNS])
+
+
+def pending(client, results: Path, *, limit: int = 20) -> list[dict[str, Any]]:
+    """The next flagged numbers, lowest confidence first; items whose results file no longer flags them (read
+    again since, or decided elsewhere) leave the queue."""
+    found = []
+    for raw, score in client.zrange(protocol.REVIEW_QUEUE_KEY, 0, 4 * limit - 1, withscores=True):
+        item = raw.decode() if isinstance(raw, bytes) else raw
+        located = _locate(results, item)
+        if located is None:
+            client.zrem(protocol.REVIEW_QUEUE_KEY, item)
+            continue
+        source, page, index, _, number = located
+        found.append({
+            "item": item, "source": source, "page": page, "number": index, "digits": number["digits"],
+            "confidence": number["confidence"],
+            "per_digit": [{"digit": detail["digit"], "top": detail["top"]} for detail in number["details"]],
+            "crop": (results / protocol.review_crop(source, page, index)).is_file(),
+        })
+        if len(found) == limit:
+            break
+    return found
+
+
+def crop_path(results: Path, item: str) -> Path:
+    """The crop of a queued number, confined to the results folder; raises ReviewError (404) otherwise."""
+    try:
+        source, page, index = protocol.parse_review_item(item)
+        path = results_files.confined(results, protocol.review_crop(source, page, index))
+    except (ValueError, TypeError, UnsafePath):
+        raise ReviewError("no such crop", 404) from None
+    if not path.is_file():
+        raise ReviewError("no such crop", 404)
+    return path
+
+
+def decide(client, results: Path, item: str, *, action: str, digits: str, by: str, at: str) -> dict[str, Any]:
+    """Take a person's decision on a queued number: `accept` it as read, `correct` it to `digits`, or mark it
+    `unreadable` (its digits become empty). Returns the corrections row."""
+    if action not in ACTIONS:
+        raise ReviewError(f"action must be one of {', '.join(ACTIONS)}", 400)
+    if action == "correct" and not DIGITS.match(digits or ""):
+        raise ReviewError("a correction is 1 to 64 digits 0-9", 400)
+    if not REVIEWER.match(by or ""):
+        raise ReviewError("the reviewer's name: 1 to 64 letters, digits, spaces, '.', '@', '-' or '_'", 400)
+    located = _locate(results, item)
+    if located is None or not client.zrem(protocol.REVIEW_QUEUE_KEY, item):
+        raise ReviewError("this number is no longer waiting for review", 409)  # decided by someone else
+    source, page, index, result, number = located
+    read = number["digits"]
+    new = {"accept": read, "correct": digits, "unreadable": ""}[action]
+    number.update(digits=new, review=False, reviewed={"action": action, "read": read, "by": by, "at": at})
+    for entry in result["pages"]:
+        entry["digits"] = " ".join(found["digits"] for found in entry["numbers"] if found["digits"])
+        entry["review"] = any(found["review"] for found in entry["numbers"])
+    result["digits"] = " ".join(entry["digits"] for entry in result["pages"] if entry["digits"])
+    result["review"] = any(entry["review"] for entry in result["pages"]) or any(
+        field.get("review") for field in (result.get("fields") or {}).values())
+    row = {"reviewed_at": at, "source": source, "page": page, "number": index, "read": read, "digits": new,
+           "action": action, "by": by}
+    try:
+        results_files.write_json_files([(results_files.result_path(results, source), result)])
+        results_files.append_rows(corrections_sheet(results), [row])
+    except OSError:
+        client.zadd(protocol.REVIEW_QUEUE_KEY, {item: number["confidence"]})  # back on the queue
+        raise
+    client.incr(protocol.REVIEWED_COUNTER_KEY)
+    return row
+
+
+def _locate(results: Path, item: str):
+    """(source, page, place, its result, the number) of a queued item whose results file still flags it."""
+    try:
+        source, page, index = protocol.parse_review_item(item)
+        path = results_files.result_path(results, source)
+        result = json.loads(path.read_text(encoding="utf-8"))
+        number = next(entry for entry in result["pages"] if entry["page"] == page)["numbers"][index]
+    except (ValueError, TypeError, KeyError, IndexError, StopIteration, OSError, UnsafePath):
+        return None
+    return (source, page, index, result, number) if number.get("review") else None

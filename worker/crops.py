@@ -1,0 +1,63 @@
+"""Small pictures of the numbers flagged for review, cut from their page beside the results file, so the
+person reviewing them never needs the original: RESULTS/<relative>.review/<page>-<number>.png."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from core import protocol
+from worker import results_files
+
+log = logging.getLogger(__name__)
+
+CROP_HEIGHT = 96  # a crop is at most this many pixels tall
+MARGIN = 0.25  # of the number's height, around it
+
+
+def flagged(result: dict[str, Any]) -> list[tuple[int, int, dict[str, Any]]]:
+    """(page, place on the page, number) of each number flagged for review."""
+    return [(page["page"], index, number) for page in result.get("pages", [])
+            for index, number in enumerate(page.get("numbers", [])) if number.get("review")]
+
+
+def write(results: Path, relative: str, data: bytes, result: dict[str, Any], *, pdf_dpi: int,
+          max_pixels: int) -> None:
+    """The crops of a result's flagged numbers; a file whose pages cannot be drawn again gets none (its
+    review shows the digits alone), and nothing here fails the job."""
+    from worker.normalise import page_images
+
+    numbers = flagged(result)
+    if not numbers:
+        return
+    try:
+        pages = page_images(data, pdf_dpi=pdf_dpi, max_pixels=max_pixels, pages={page for page, _, _ in numbers})
+        for page, index, number in numbers:
+            if page in pages:
+                _save(_crop(pages[page], number["box"]),
+                      results_files.confined(results, protocol.review_crop(relative, page, index)))
+    except Exception as error:  # a crop is a convenience: the result must still be written
+        log.warning("no review crops for %s: %s: %s", relative, type(error).__name__, error)
+
+
+def _crop(page: Image.Image, box: list[int]) -> Image.Image:
+    left, top, right, bottom = box
+    margin = round(MARGIN * (bottom - top))
+    crop = page.crop((max(0, left - margin), max(0, top - margin), min(page.width, right + margin),
+                      min(page.height, bottom + margin)))
+    if crop.height > CROP_HEIGHT:
+        crop = crop.resize((max(1, round(crop.width * CROP_HEIGHT / crop.height)), CROP_HEIGHT),
+                           Image.Resampling.LANCZOS)
+    return crop.convert("L")
+
+
+def _save(crop: Image.Image, path: Path) -> None:
+    """Written whole or not at all (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    crop.save(temporary, format="PNG", optimize=False)
+    os.replace(temporary, path)
