@@ -225,3 +225,26 @@ def test_a_worker_without_loadable_weights_exits_instead_of_taking_jobs(tmp_path
                                capture_output=True, text=True, timeout=120)
     assert completed.returncode == 5, completed.stderr[-2000:]
     assert "no weights published" in completed.stderr
+
+
+def test_workers_send_task_events_that_flower_would_show(worker, client, tmp_path):
+    import threading
+
+    received, ready = [], threading.Event()
+    app = client
+
+    def listen():
+        with app.connection() as connection:
+            receiver = app.events.Receiver(connection, handlers={
+                "task-succeeded": received.append, "worker-heartbeat": lambda event: ready.set()})
+            try:
+                receiver.capture(limit=None, timeout=30, wakeup=True)
+            except Exception:  # the capture's timeout ends it
+                pass
+
+    threading.Thread(target=listen, daemon=True).start()
+    assert ready.wait(20), "no worker heartbeat event within 20 s"
+    job = put(worker.folder, "events/one.png", scan_of("7", sample=0))
+    client.send_task(protocol.TASK_PROCESS_FILES, kwargs={"files": [job]}, queue=protocol.QUEUE).get(timeout=60)
+    wait_until(lambda: received, timeout=15, message="a task-succeeded event")
+    assert received[0]["hostname"].startswith("main@")
