@@ -91,6 +91,11 @@ def review_crop(source: str, page: int, number: int) -> str:
     return f"{source}.review/{page}-{number}.png"
 
 
+def review_glyphs(source: str, page: int, number: int) -> str:
+    """Where a flagged number's digits, as the model read them (28x28 each), lie in the results folder."""
+    return f"{source}.review/{page}-{number}.npy"
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

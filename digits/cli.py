@@ -46,6 +46,8 @@ def command_train(args: argparse.Namespace, argv: list[str]) -> int:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be at least 1")
     _check_data_path(args.data)
+    if args.extra is not None and not args.extra.is_dir():
+        raise DataError(f"--extra {args.extra}: not a folder")
     settings = _settings(args)
     check_writable(settings.weights)
     if args.init is not None:
@@ -54,7 +56,7 @@ def command_train(args: argparse.Namespace, argv: list[str]) -> int:
 
     outcome = train(arch=args.arch, epochs=args.epochs or DEFAULT_EPOCHS[args.arch], seed=args.seed,
                     device=settings.device, weights=settings.weights, data=args.data, limit=args.limit,
-                    version=args.version, argv=argv, promote=args.promote, init=args.init)
+                    version=args.version, argv=argv, promote=args.promote, init=args.init, extra=args.extra)
     print(outcome.folder.name, flush=True)
     if not outcome.promoted:
         print(f"digits train: {outcome.folder.name} published but not made current: {outcome.reason}; "
@@ -67,6 +69,8 @@ def command_eval(args: argparse.Namespace, argv: list[str]) -> int:
     from trainer.evaluate import evaluate, format_report
 
     _check_data_path(args.data)
+    if args.extra is not None and not args.extra.is_dir():
+        raise DataError(f"--extra {args.extra}: not a folder")
     settings = _settings(args)
     check_version(settings.weights, args.version)
     report = evaluate(weights=settings.weights, version=args.version, data=args.data, device=settings.device)
@@ -114,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--version", default=None, help="version name (default: UTC time and architecture)")
     train.add_argument("--init", default=None, metavar="VERSION",
                        help="start from a published version's weights (fine-tuning, gentler schedule)")
+    train.add_argument("--extra", type=Path, default=None, metavar="DIR",
+                       help="also train on labelled samples DIR/<digit>/*.png, 28x28 (the review's RESULTS/samples)")
     train.add_argument("--promote", action="store_true",
                        help="make the new version current even when it is worse than the current one")
     add_flags(train, "weights", "device", "log_level")

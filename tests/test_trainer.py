@@ -73,9 +73,16 @@ def test_a_wheel_whose_data_has_another_hash_is_never_unpickled(tmp_path):
 
 
 def test_train_smoke_publishes_a_version_that_loads_and_predicts(tmp_path, small_npz):
+    from PIL import Image
+
     weights = tmp_path / "weights"
+    extra = tmp_path / "samples"  # reviewed digits, as the web page's review keeps them
+    with np.load(small_npz) as archive:
+        for index, (image, label) in enumerate(zip(archive["x_test"][:12], archive["y_test"][:12])):
+            (extra / str(label)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(extra / str(label) / f"sample-{index}.png")
     done = run_digits("train", "--data", str(small_npz), "--epochs", "1", "--seed", "3", "--version", "smoke",
-                      "--weights", str(weights), "--device", "cpu")
+                      "--weights", str(weights), "--device", "cpu", "--extra", str(extra))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "smoke"
     assert "epoch 1/1" in done.stderr and "ETA" in done.stderr
@@ -88,6 +95,7 @@ def test_train_smoke_publishes_a_version_that_loads_and_predicts(tmp_path, small
                   "training_seconds", "test_accuracy", "per_class_accuracy", "confusion_matrix", "command"):
         assert field in card, field
     assert card["data"]["sha256"] and card["data"]["test_images"] == 200 and card["seed"] == 3
+    assert card["data"]["extra_images"] == 12 and card["data"]["extra_source"] == str(extra)
     assert card["command"].startswith("digits train --data")
     assert sum(map(sum, card["confusion_matrix"])) == 200
     net, version = weights_store.load(weights)
@@ -132,6 +140,7 @@ def test_interrupted_training_run_publishes_nothing(tmp_path, small_npz):
 @pytest.mark.parametrize("arguments, code, message", [
     (["--arch", "resnet-9000"], 3, "unknown architecture 'resnet-9000'"),
     (["--data", "/nonexistent/mnist.npz"], 4, "does not exist"),
+    (["--extra", "/nonexistent/samples"], 4, "not a folder"),
 ])
 def test_bad_training_arguments_fail_with_one_line_and_publish_nothing(tmp_path, arguments, code, message):
     weights = tmp_path / "weights"

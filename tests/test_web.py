@@ -223,6 +223,13 @@ def test_a_flagged_number_is_reviewed_with_the_keyboard_alone(tmp_path, browser)
     rows = (site / "results" / "corrections.csv").read_text().splitlines()
     assert rows[0] == "reviewed_at,source,page,number,read,digits,action,by" and len(rows) == 3
     assert rows[1].endswith(f",{first},0,0,{read},{wrong},correct,ana") and rows[2].endswith(",accept,ana")
+    # Each reviewed digit is kept as a labelled 28x28 sample, for `digits train --extra RESULTS/samples`.
+    samples = site / "results" / "samples"
+    kept = sorted(path.relative_to(samples).parts[0] for path in samples.rglob("*.png"))
+    assert kept == sorted([wrong, result_of(site, second)["digits"]])
+    from PIL import Image
+
+    assert all(Image.open(path).size == (28, 28) for path in samples.rglob("*.png"))
     page.goto(base + "/")
     wait_until(lambda: page.text_content("#review_pending") == "0", timeout=10, interval=0.3, message="0 to review")
 

@@ -189,3 +189,31 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         if module.startswith("numpy.core"):
             module = module.replace("numpy.core", "numpy._core", 1)
         return super().find_class(module, name)
+
+
+MAX_EXTRA = 1_000_000
+
+
+def load_extra(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Labelled samples beside MNIST: FOLDER/<digit>/*.png, each 28x28 grey, white strokes on black (what
+    the web page's review keeps in RESULTS/samples). Raises DataError for anything else."""
+    from PIL import Image
+
+    if not folder.is_dir():
+        raise DataError(f"--extra {folder}: not a folder")
+    images, labels = [], []
+    for digit in range(10):
+        for path in sorted((folder / str(digit)).glob("*.png")):
+            try:
+                with Image.open(path) as image:
+                    if image.size != (28, 28):
+                        raise DataError(f"{path}: {image.size[0]}x{image.size[1]} pixels; samples are 28x28")
+                    images.append(np.asarray(image.convert("L"), np.uint8))
+            except (OSError, SyntaxError) as error:
+                raise DataError(f"{path}: not a readable PNG: {error}") from None
+            labels.append(digit)
+            if len(images) > MAX_EXTRA:
+                raise DataError(f"--extra {folder}: more than {MAX_EXTRA} samples")
+    if not images:
+        raise DataError(f"--extra {folder}: no samples (expected <digit>/*.png, 28x28)")
+    return _images(np.stack(images)), np.array(labels, np.int64)

@@ -112,7 +112,7 @@ VALIDATION_NEGATIVES = 3000
 
 def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data: Path | None,
           limit: int | None, version: str | None, argv: list[str], promote: bool = False,
-          init: str | None = None) -> Outcome:
+          init: str | None = None, extra: Path | None = None) -> Outcome:
     """Train, evaluate, publish, then make the version current only when it passes the promotion gate (or
     `promote` says so). Nothing is published on failure."""
     architectures.check_architecture(arch)
@@ -125,6 +125,12 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
     train_x, train_y = mnist.train_x, mnist.train_y
     if limit:
         train_x, train_y = train_x[:limit], train_y[:limit]
+    extra_count = 0
+    if extra is not None:  # reviewed digits (the web page's review): training only, never the test split
+        extra_x, extra_y = mnist_data.load_extra(extra)
+        extra_count = len(extra_x)
+        train_x, train_y = np.concatenate([train_x, extra_x]), np.concatenate([train_y, extra_y])
+        log.info("%d extra samples from %s", extra_count, extra)
     # The eleventh class: printed characters, lines and stains (trainer.negatives), a quarter as many.
     train_x, train_y = _with_negatives(train_x, train_y, count=int(NEGATIVES_SHARE * len(train_x)), seed=seed)
     val_x, val_y = _with_negatives(mnist.val_x, mnist.val_y, count=VALIDATION_NEGATIVES, seed=seed + 1)
@@ -175,6 +181,7 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
         "input": {"shape": [None, *weights_store.INPUT_SHAPE], "dtype": "float32", "range": [0, 1],
                   "convention": "white strokes on black, digit fitted in 20x20, centred by mass in 28x28"},
         "data": {"source": mnist.source, "sha256": mnist.sha256, "train_images": int(len(train_x)),
+                 "extra_images": extra_count, "extra_source": str(extra) if extra is not None else None,
                  "validation_images": int(len(mnist.val_x)), "test_images": int(len(mnist.test_x))},
         "augmentation": arch in architectures.AUGMENTED,
         "epochs": epochs,

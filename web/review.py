@@ -14,6 +14,7 @@ from core.errors import UnsafePath
 from worker import results_files
 
 CORRECTIONS = "corrections.csv"
+SAMPLES = "samples"  # RESULTS/samples/<digit>/*.png: reviewed digits as labelled 28x28 training samples
 COLUMNS = ("reviewed_at", "source", "page", "number", "read", "digits", "action", "by")
 ACTIONS = ("accept", "correct", "unreadable")
 DIGITS = re.compile(r"^[0-9]{1,64}$")
@@ -98,7 +99,29 @@ def decide(client, results: Path, item: str, *, action: str, digits: str, by: st
         client.zadd(protocol.REVIEW_QUEUE_KEY, {item: number["confidence"]})  # back on the queue
         raise
     client.incr(protocol.REVIEWED_COUNTER_KEY)
+    if new:
+        _keep_samples(results, source, page, index, new, result.get("sha256") or "")
     return row
+
+
+def _keep_samples(results: Path, source: str, page: int, index: int, digits: str, sha256: str) -> None:
+    """Each digit of a number a person accepted or corrected, as the model read it (28x28), saved as a
+    labelled sample for `digits train --extra RESULTS/samples`, when the number holds as many digits as it
+    was read with (a digit added or dropped cannot be matched to its image)."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with open(results_files.confined(results, protocol.review_glyphs(source, page, index)), "rb") as file:
+            images = np.load(file, allow_pickle=False)
+    except (OSError, ValueError, UnsafePath):
+        return
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(digits):
+        return
+    for position, (digit, image) in enumerate(zip(digits, images)):
+        folder = results / SAMPLES / digit
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.astype(np.uint8)).save(folder / f"{sha256[:16]}-{page}-{index}-{position}.png")
 
 
 def _locate(results: Path, item: str):

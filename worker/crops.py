@@ -1,5 +1,7 @@
 """Small pictures of the numbers flagged for review, cut from their page beside the results file, so the
-person reviewing them never needs the original: RESULTS/<relative>.review/<page>-<number>.png."""
+person reviewing them never needs the original: RESULTS/<relative>.review/<page>-<number>.png; and the
+28x28 images the model read of each of its digits, <page>-<number>.npy (uint8, white on black), which a
+person's decision turns into labelled training samples."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from core import protocol
@@ -25,16 +28,23 @@ def flagged(result: dict[str, Any]) -> list[tuple[int, int, dict[str, Any]]]:
             for index, number in enumerate(page.get("numbers", [])) if number.get("review")]
 
 
-def write(results: Path, relative: str, data: bytes, result: dict[str, Any], *, pdf_dpi: int,
+def write(results: Path, relative: str, data: bytes, result: dict[str, Any], glyphs: dict, *, pdf_dpi: int,
           max_pixels: int) -> None:
-    """The crops of a result's flagged numbers; a file whose pages cannot be drawn again gets none (its
-    review shows the digits alone), and nothing here fails the job."""
+    """The crops of a result's flagged numbers and their digits' images (`glyphs`: a glyph's box -> its
+    28x28 image); a file whose pages cannot be drawn again gets no crops (its review shows the digits
+    alone), and nothing here fails the job."""
     from worker.normalise import page_images
 
     numbers = flagged(result)
     if not numbers:
         return
     try:
+        for page, index, number in numbers:
+            images = [glyphs.get(tuple(detail["box"])) for detail in number["details"]]
+            if images and all(image is not None for image in images):
+                path = results_files.confined(results, protocol.review_glyphs(relative, page, index))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _save_array(np.stack([np.round(255 * image).astype(np.uint8) for image in images]), path)
         pages = page_images(data, pdf_dpi=pdf_dpi, max_pixels=max_pixels, pages={page for page, _, _ in numbers})
         for page, index, number in numbers:
             if page in pages:
@@ -53,6 +63,13 @@ def _crop(page: Image.Image, box: list[int]) -> Image.Image:
         crop = crop.resize((max(1, round(crop.width * CROP_HEIGHT / crop.height)), CROP_HEIGHT),
                            Image.Resampling.LANCZOS)
     return crop.convert("L")
+
+
+def _save_array(images: np.ndarray, path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as file:
+        np.save(file, images, allow_pickle=False)
+    os.replace(temporary, path)
 
 
 def _save(crop: Image.Image, path: Path) -> None:

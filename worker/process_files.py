@@ -217,7 +217,8 @@ def _conclude(entries: list[InboxFile], *, settings: Settings, runtime: Runtime,
             except (OSError, BadInput):
                 data = None
             if data:
-                crops.write(settings.results, entry.relative, data, entry.result, pdf_dpi=settings.pdf_dpi,
+                glyphs = recognition.glyph_images(entry.pending) if entry.pending is not None else {}
+                crops.write(settings.results, entry.relative, data, entry.result, glyphs, pdf_dpi=settings.pdf_dpi,
                             max_pixels=settings.max_pixels)
     results.write_json_files([(results.result_path(settings.results, entry.relative), entry.result)
                              for entry in entries])

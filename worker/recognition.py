@@ -271,6 +271,15 @@ def _without_stray_ends(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [detail for index, detail in enumerate(details) if start <= index < stop or _rejected(detail)]
 
 
+def glyph_images(pending: Pending) -> dict[tuple[int, ...], np.ndarray]:
+    """A file's glyph images by their box (whole marks, their pieces and other cuts), to find again the image
+    of each digit a result reports by its box."""
+    boxes = [box for page in pending.pages for glyph in page.glyphs
+             for box in (glyph.box, *(piece.box for piece in glyph.pieces),
+                         *(piece.box for cut in glyph.cuts for piece in cut))]
+    return {tuple(int(value) for value in box): image for box, image in zip(boxes, pending.images)}
+
+
 def images_of(pages: list) -> list[np.ndarray]:
     """The images the model reads for normalised pages, in the order read() expects: each glyph, then its
     pieces, then the pieces of its other cuts."""
