@@ -73,14 +73,18 @@ def client_app(name: str, url: str, *, results: bool = False, **extra: Any):
     return app
 
 
-def review_item(source: str, page: int, number: int) -> str:
-    """A flagged number's member of the review queue: its file, page and place among the page's numbers."""
-    return json.dumps([source, page, number], separators=(",", ":"))
+def review_item(source: str, page: int | None = None, number: int | None = None) -> str:
+    """A member of the review queue: a flagged number (its file, page and place among the page's numbers),
+    or with no page a form flagged for review, whose fields are reviewed together."""
+    return json.dumps([source, page, number] if page is not None else [source, "form"], separators=(",", ":"))
 
 
-def parse_review_item(item: str) -> tuple[str, int, int]:
-    """The (source, page, number) of a review item; raises ValueError for anything else."""
-    source, page, number = json.loads(item)
+def parse_review_item(item: str) -> tuple[str, int | None, int | None]:
+    """(source, page, number) of a review item, (source, None, None) for a form; raises ValueError else."""
+    parsed = json.loads(item)
+    if isinstance(parsed, list) and len(parsed) == 2 and parsed[1] == "form" and isinstance(parsed[0], str):
+        return parsed[0], None, None
+    source, page, number = parsed
     if not (isinstance(source, str) and type(page) is int and type(number) is int and page >= 0 and number >= 0):
         raise ValueError(f"not a review item: {item!r}")
     return source, page, number
@@ -89,6 +93,11 @@ def parse_review_item(item: str) -> tuple[str, int, int]:
 def review_crop(source: str, page: int, number: int) -> str:
     """Where a flagged number's crop lies, relative to the results folder."""
     return f"{source}.review/{page}-{number}.png"
+
+
+def field_crop(source: str, field: str) -> str:
+    """Where the crop of a flagged form's field lies, relative to the results folder."""
+    return f"{source}.review/field-{field}.png"
 
 
 def review_glyphs(source: str, page: int, number: int) -> str:

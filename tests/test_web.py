@@ -246,3 +246,45 @@ def test_a_flagged_number_is_reviewed_with_the_keyboard_alone(tmp_path, browser)
             urllib.request.urlopen(request, timeout=10)
         assert refused.value.code == 403
     assert up.interrupt() == 0
+
+
+def test_a_forms_fields_are_reviewed_together(tmp_path, browser):
+    import json
+
+    from bench import forms
+
+    site = tmp_path / "site"
+    (site / "templates").mkdir(parents=True)
+    (site / "templates" / "slip.json").write_text(json.dumps(forms.TEMPLATE))
+    port = free_port()
+    environment = clean_environment(DIGITS_WEIGHTS=str(shipped_weights_folder()), DIGITS_DEVICE="cpu",
+                                    DIGITS_READY_DELAY="0.3", DIGITS_WORKERS="1", DIGITS_WEB_PORT=str(port),
+                                    DIGITS_TEMPLATES=str(site / "templates"))
+    up = Up(site, environment)
+    up.wait_for("drop scans into", timeout=60)
+    form = forms.forms(1, seed=7, wrong_share=1.0)[0]  # a digit written wrong: its check or sum fails
+    (site / "inbox" / "slip").mkdir()
+    drop(site / "inbox", "slip/a.png", form.data)
+    wait_until(lambda: result_of(site, "slip/a.png"), timeout=STARTUP_SECONDS, interval=0.3, message="the form's result")
+    read = result_of(site, "slip/a.png")
+    assert read["review"] and (site / "results" / "slip" / "a.png.review" / "field-account.png").is_file()
+
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    page.goto(f"http://127.0.0.1:{port}/review")
+    page.wait_for_selector("#form_view:not([hidden])")
+    assert page.locator("input.field").count() == 4 and "form slip" in page.text_content("#where")
+    assert page.evaluate("[...document.querySelectorAll('#fields img')].every(img => img.naturalWidth > 0)")
+    if SCREENSHOTS:
+        page.screenshot(path=str(Path(SCREENSHOTS) / "web-review-form.png"))
+    page.keyboard.type("12345674")  # the first field (the account number) has the focus, its digits selected
+    page.keyboard.press("Enter")  # every field as shown
+    page.wait_for_selector("#empty:not([hidden])")
+    reviewed = result_of(site, "slip/a.png")
+    account = reviewed["fields"]["account"]
+    assert account["digits"] == "12345674" and account["valid"] and account["problems"] == []
+    assert account["reviewed"]["read"] == read["fields"]["account"]["digits"] and not reviewed["review"]
+    rows = (site / "results" / "corrections.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[3] for row in rows] == ["account", "part_a", "part_b", "total"]
+    assert rows[0].endswith(",12345674,correct,anonymous")
+    assert all(row.endswith(",accept,anonymous") for row in rows[1:])
+    assert up.interrupt() == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import platform
 import shlex
 import signal
@@ -107,6 +108,7 @@ class Outcome:
 
 
 NEGATIVES_SHARE = 0.25  # not-a-digit examples per handwritten digit in training
+EXTRA_SHARE = 0.05  # reviewed samples (--extra) are repeated until they make at least this share of training
 VALIDATION_NEGATIVES = 3000
 
 
@@ -125,12 +127,16 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
     train_x, train_y = mnist.train_x, mnist.train_y
     if limit:
         train_x, train_y = train_x[:limit], train_y[:limit]
-    extra_count = 0
+    extra_count = repeat = 0
     if extra is not None:  # reviewed digits (the web page's review): training only, never the test split
         extra_x, extra_y = mnist_data.load_extra(extra)
         extra_count = len(extra_x)
-        train_x, train_y = np.concatenate([train_x, extra_x]), np.concatenate([train_y, extra_y])
-        log.info("%d extra samples from %s", extra_count, extra)
+        # A few hundred reviewed digits among tens of thousands would barely count: they are repeated
+        # until they make EXTRA_SHARE of the training images.
+        repeat = max(1, math.ceil(EXTRA_SHARE * len(train_x) / extra_count))
+        train_x = np.concatenate([train_x, *[extra_x] * repeat])
+        train_y = np.concatenate([train_y, *[extra_y] * repeat])
+        log.info("%d extra samples from %s, each %d times", extra_count, extra, repeat)
     # The eleventh class: printed characters, lines and stains (trainer.negatives), a quarter as many.
     train_x, train_y = _with_negatives(train_x, train_y, count=int(NEGATIVES_SHARE * len(train_x)), seed=seed)
     val_x, val_y = _with_negatives(mnist.val_x, mnist.val_y, count=VALIDATION_NEGATIVES, seed=seed + 1)
@@ -181,7 +187,8 @@ def train(*, arch: str, epochs: int, seed: int, device: str, weights: Path, data
         "input": {"shape": [None, *weights_store.INPUT_SHAPE], "dtype": "float32", "range": [0, 1],
                   "convention": "white strokes on black, digit fitted in 20x20, centred by mass in 28x28"},
         "data": {"source": mnist.source, "sha256": mnist.sha256, "train_images": int(len(train_x)),
-                 "extra_images": extra_count, "extra_source": str(extra) if extra is not None else None,
+                 "extra_images": extra_count, "extra_repeated": repeat,
+                 "extra_source": str(extra) if extra is not None else None,
                  "validation_images": int(len(mnist.val_x)), "test_images": int(len(mnist.test_x))},
         "augmentation": arch in architectures.AUGMENTED,
         "epochs": epochs,

@@ -30,7 +30,8 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(sampler: Sampler, *, client, results: Path, token: str = "", title: str = "digits") -> Flask:
+def create_app(sampler: Sampler, *, client, results: Path, template_folder: Path, token: str = "",
+               title: str = "digits") -> Flask:
     """The application over a running sampler, the service's Redis (`client`) and results folder. With a
     token, every request must carry it: the header `Authorization: Bearer <token>`, the cookie the page
     sets, or once `?token=<token>` in the address (which sets that cookie: strict same-site, not readable by
@@ -84,7 +85,8 @@ def create_app(sampler: Sampler, *, client, results: Path, token: str = "", titl
     @app.get("/api/review/crop")
     def review_crop() -> Response:
         try:
-            return send_file(review.crop_path(results, request.args.get("item", "")), mimetype="image/png")
+            return send_file(review.crop_path(results, request.args.get("item", ""), request.args.get("field", "")),
+                             mimetype="image/png")
         except review.ReviewError as error:
             return Response(f"{error}\n", status=error.status, mimetype="text/plain")
 
@@ -93,14 +95,18 @@ def create_app(sampler: Sampler, *, client, results: Path, token: str = "", titl
         body = request.get_json(silent=True)
         if not isinstance(body, dict) or not all(isinstance(body.get(key, ""), str)
                                                  for key in ("item", "action", "digits", "by")):
-            return jsonify(error="send {item, action, digits, by} as JSON"), 400
+            return jsonify(error="send {item, action, digits, by} (a form: {item, fields, by}) as JSON"), 400
         try:
-            row = review.decide(client, results, body.get("item", ""), action=body.get("action", ""),
-                                digits=body.get("digits", ""), by=body.get("by", ""), at=protocol.now_iso())
+            if isinstance(body.get("fields"), dict):
+                answer = review.decide_form(client, results, template_folder, body.get("item", ""),
+                                            values=body["fields"], by=body.get("by", ""), at=protocol.now_iso())
+            else:
+                answer = review.decide(client, results, body.get("item", ""), action=body.get("action", ""),
+                                       digits=body.get("digits", ""), by=body.get("by", ""), at=protocol.now_iso())
         except review.ReviewError as error:
             return jsonify(error=str(error)), error.status
         sampler.sample()  # the counts move at once
-        return jsonify(row)
+        return jsonify(answer)
 
     @app.get("/api/status")
     def status_json() -> Response:

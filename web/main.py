@@ -14,7 +14,7 @@ from core.settings import Settings, add_flags
 
 log = logging.getLogger(__name__)
 
-FLAGS = ("broker_url", "results", "web_host", "web_port", "web_token", "log_level")
+FLAGS = ("broker_url", "results", "templates", "weights", "web_host", "web_port", "web_token", "log_level")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +46,8 @@ class WebServer:
         self.token = token
         self.sampler = Sampler(url, settings.results)
         try:
-            app = create_app(self.sampler, client=redis_client(url), results=settings.results, token=token)
+            app = create_app(self.sampler, client=redis_client(url), results=settings.results,
+                             template_folder=settings.template_folder, token=token)
             self.server = create_server(app, host=settings.web_host,
                                         port=settings.web_port, threads=4, ident="digits")
         except OSError as error:

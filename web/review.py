@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from core import protocol
+from core import protocol, templates
 from core.errors import UnsafePath
 from worker import results_files
 
@@ -40,6 +40,18 @@ def pending(client, results: Path, *, limit: int = 20) -> list[dict[str, Any]]:
     found = []
     for raw, score in client.zrange(protocol.REVIEW_QUEUE_KEY, 0, 4 * limit - 1, withscores=True):
         item = raw.decode() if isinstance(raw, bytes) else raw
+        form = _locate_form(results, item)
+        if form is not None:
+            source, result = form
+            found.append({
+                "item": item, "source": source, "form": result["template"], "confidence": score,
+                "fields": [{"name": name, "digits": field["digits"], "read": field.get("read"),
+                            "problems": field.get("problems", []), "review": field.get("review", False),
+                            "crop": (results / protocol.field_crop(source, name)).is_file()}
+                           for name, field in result["fields"].items()]})
+            if len(found) == limit:
+                break
+            continue
         located = _locate(results, item)
         if located is None:
             client.zrem(protocol.REVIEW_QUEUE_KEY, item)
@@ -56,11 +68,18 @@ def pending(client, results: Path, *, limit: int = 20) -> list[dict[str, Any]]:
     return found
 
 
-def crop_path(results: Path, item: str) -> Path:
-    """The crop of a queued number, confined to the results folder; raises ReviewError (404) otherwise."""
+def crop_path(results: Path, item: str, field: str = "") -> Path:
+    """The crop of a queued number, or of a field of a queued form, confined to the results folder; raises
+    ReviewError (404) otherwise."""
     try:
         source, page, index = protocol.parse_review_item(item)
-        path = results_files.confined(results, protocol.review_crop(source, page, index))
+        if page is None:
+            if not templates.NAME_PATTERN.match(field):
+                raise ValueError(field)
+            relative = protocol.field_crop(source, field)
+        else:
+            relative = protocol.review_crop(source, page, index)
+        path = results_files.confined(results, relative)
     except (ValueError, TypeError, UnsafePath):
         raise ReviewError("no such crop", 404) from None
     if not path.is_file():
@@ -77,6 +96,8 @@ def decide(client, results: Path, item: str, *, action: str, digits: str, by: st
         raise ReviewError("a correction is 1 to 64 digits 0-9", 400)
     if not REVIEWER.match(by or ""):
         raise ReviewError("the reviewer's name: 1 to 64 letters, digits, spaces, '.', '@', '-' or '_'", 400)
+    if _locate_form(results, item) is not None:
+        raise ReviewError("a form is decided with decide_form", 400)
     located = _locate(results, item)
     if located is None or not client.zrem(protocol.REVIEW_QUEUE_KEY, item):
         raise ReviewError("this number is no longer waiting for review", 409)  # decided by someone else
@@ -122,6 +143,58 @@ def _keep_samples(results: Path, source: str, page: int, index: int, digits: str
         folder = results / SAMPLES / digit
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image.astype(np.uint8)).save(folder / f"{sha256[:16]}-{page}-{index}-{position}.png")
+
+
+def decide_form(client, results: Path, template_folder: Path, item: str, *, values: dict[str, str], by: str,
+                at: str) -> list[dict[str, Any]]:
+    """A person's decision on a queued form: every field's digits as checked (`values`, name -> digits, ""
+    for a field left empty). The fields' rules are checked again with the template; a field changed keeps
+    what was read. Returns the corrections rows (one per field)."""
+    if not REVIEWER.match(by or ""):
+        raise ReviewError("the reviewer's name: 1 to 64 letters, digits, spaces, '.', '@', '-' or '_'", 400)
+    form = _locate_form(results, item)
+    if form is None:
+        raise ReviewError("this form is no longer waiting for review", 409)
+    source, result = form
+    fields = result["fields"]
+    if set(values) != set(fields) or not all(value == "" or DIGITS.match(value) for value in values.values()):
+        raise ReviewError(f"send the digits of every field: {', '.join(fields)}", 400)
+    if not client.zrem(protocol.REVIEW_QUEUE_KEY, item):
+        raise ReviewError("this form is no longer waiting for review", 409)
+    try:
+        problems = templates.problems(templates.load(template_folder, result["template"]), values)
+    except templates.TemplateError:
+        problems = None  # the template is gone or broken: the fields' problems stay as they were read
+    rows = []
+    for name, field in fields.items():
+        read, new = field["digits"], values[name]
+        action = "accept" if new == read else "correct"
+        field.update(digits=new, review=False, reviewed={"action": action, "read": read, "by": by, "at": at})
+        if problems is not None:
+            field.update(problems=problems[name], valid=not problems[name])
+        rows.append({"reviewed_at": at, "source": source, "page": "", "number": name, "read": read, "digits": new,
+                     "action": action, "by": by})
+    result["review"] = False
+    try:
+        results_files.write_json_files([(results_files.result_path(results, source), result)])
+        results_files.append_rows(corrections_sheet(results), rows)
+    except OSError:
+        client.zadd(protocol.REVIEW_QUEUE_KEY, {item: 0.0})
+        raise
+    client.incr(protocol.REVIEWED_COUNTER_KEY)
+    return rows
+
+
+def _locate_form(results: Path, item: str):
+    """(source, its result) of a queued form whose results file still flags it; None for anything else."""
+    try:
+        source, page, _ = protocol.parse_review_item(item)
+        if page is not None:
+            return None
+        result = json.loads(results_files.result_path(results, source).read_text(encoding="utf-8"))
+    except (ValueError, TypeError, OSError, UnsafePath):
+        return None
+    return (source, result) if result.get("template") and result.get("review") and result.get("fields") else None
 
 
 def _locate(results: Path, item: str):

@@ -23,9 +23,19 @@ MARGIN = 0.25  # of the number's height, around it
 
 
 def flagged(result: dict[str, Any]) -> list[tuple[int, int, dict[str, Any]]]:
-    """(page, place on the page, number) of each number flagged for review."""
+    """(page, place on the page, number) of each number flagged for review; none for a form, whose fields
+    are reviewed together (form_fields)."""
+    if "template" in result:
+        return []
     return [(page["page"], index, number) for page in result.get("pages", [])
             for index, number in enumerate(page.get("numbers", [])) if number.get("review")]
+
+
+def form_fields(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, field) of a form flagged for review, every field (a person checks them together)."""
+    if "template" not in result or not result.get("review"):
+        return []
+    return list((result.get("fields") or {}).items())
 
 
 def write(results: Path, relative: str, data: bytes, result: dict[str, Any], glyphs: dict, *, pdf_dpi: int,
@@ -35,8 +45,8 @@ def write(results: Path, relative: str, data: bytes, result: dict[str, Any], gly
     alone), and nothing here fails the job."""
     from worker.normalise import page_images
 
-    numbers = flagged(result)
-    if not numbers:
+    numbers, fields = flagged(result), form_fields(result)
+    if not numbers and not fields:
         return
     try:
         for page, index, number in numbers:
@@ -45,13 +55,30 @@ def write(results: Path, relative: str, data: bytes, result: dict[str, Any], gly
                 path = results_files.confined(results, protocol.review_glyphs(relative, page, index))
                 path.parent.mkdir(parents=True, exist_ok=True)
                 _save_array(np.stack([np.round(255 * image).astype(np.uint8) for image in images]), path)
-        pages = page_images(data, pdf_dpi=pdf_dpi, max_pixels=max_pixels, pages={page for page, _, _ in numbers})
+        field_pages = {name: _page_of(result, field) for name, field in fields}
+        pages = page_images(data, pdf_dpi=pdf_dpi, max_pixels=max_pixels,
+                            pages={page for page, _, _ in numbers} | set(field_pages.values()))
         for page, index, number in numbers:
             if page in pages:
                 _save(_crop(pages[page], number["box"]),
                       results_files.confined(results, protocol.review_crop(relative, page, index)))
+        for name, field in fields:
+            if field.get("box") and field_pages[name] in pages:
+                _save(_crop(pages[field_pages[name]], field["box"]),
+                      results_files.confined(results, protocol.field_crop(relative, name)))
     except Exception as error:  # a crop is a convenience: the result must still be written
         log.warning("no review crops for %s: %s: %s", relative, type(error).__name__, error)
+
+
+def _page_of(result: dict[str, Any], field: dict[str, Any]) -> int:
+    """The page a field's digits were found on: the page holding a number inside its box."""
+    box = field.get("box") or [0, 0, 0, 0]
+    for page in result.get("pages", []):
+        for number in page.get("numbers", []):
+            left, top, right, bottom = number["box"]
+            if left >= box[0] and top >= box[1] and right <= box[2] and bottom <= box[3]:
+                return page["page"]
+    return 0
 
 
 def _crop(page: Image.Image, box: list[int]) -> Image.Image:

@@ -320,9 +320,13 @@ def _mark_done(client, keyed: dict[str, dict[str, Any]], *, ttl: int, count: boo
         flagged = sum(bool(result.get("review")) for result in keyed.values())
         if flagged:
             pipe.incrby(protocol.REVIEW_COUNTER_KEY, flagged)
-            pipe.zadd(protocol.REVIEW_QUEUE_KEY, {
-                protocol.review_item(result["source"], page, index): number["confidence"]
-                for result in keyed.values() for page, index, number in crops.flagged(result)})
+            queued = {protocol.review_item(result["source"], page, index): number["confidence"]
+                      for result in keyed.values() for page, index, number in crops.flagged(result)}
+            queued.update({protocol.review_item(result["source"]): min(
+                (field["confidence"] for _, field in crops.form_fields(result)), default=0.0)
+                for result in keyed.values() if crops.form_fields(result)})
+            if queued:
+                pipe.zadd(protocol.REVIEW_QUEUE_KEY, queued)
     pipe.execute()
 
 

@@ -14,10 +14,16 @@ function show() {
   $("card").hidden = !item;
   if (!item) return;
   $("card").dataset.item = item.item;
+  $("card").dataset.form = item.form ? "yes" : "";
   $("source").textContent = item.source;
-  $("page").textContent = item.page;
-  $("number").textContent = item.number;
+  $("where").textContent = item.form ? `form ${item.form}` : `page ${item.page}, number ${item.number}`;
   $("confidence").textContent = item.confidence.toFixed(3);
+  $("number_view").hidden = $("number_input").hidden = Boolean(item.form);
+  $("form_view").hidden = !item.form;
+  if (item.form) {
+    showForm(item);
+    return;
+  }
   $("digits").textContent = item.digits;
   $("crop").hidden = !item.crop;
   if (item.crop) $("crop").src = `api/review/crop?item=${encodeURIComponent(item.item)}`;
@@ -35,6 +41,36 @@ function show() {
   $("correction").focus();
 }
 
+function showForm(item) {
+  // A form's fields together: each with its crop, its digits to check or correct, and its problems.
+  $("fields").replaceChildren(...item.fields.map((field) => {
+    const row = document.createElement("tr");
+    const name = document.createElement("td");
+    name.textContent = field.name;
+    const picture = document.createElement("td");
+    if (field.crop) {
+      const img = document.createElement("img");
+      img.src = `api/review/crop?item=${encodeURIComponent(item.item)}&field=${encodeURIComponent(field.name)}`;
+      img.alt = `the field ${field.name} on the page`;
+      picture.appendChild(img);
+    }
+    const value = document.createElement("td");
+    const input = document.createElement("input");
+    input.className = "field";
+    input.dataset.name = field.name;
+    input.value = field.digits;
+    input.inputMode = "numeric";
+    input.maxLength = 64;
+    value.appendChild(input);
+    const problems = document.createElement("td");
+    problems.textContent = field.problems.join("; ");
+    row.append(name, picture, value, problems);
+    return row;
+  }));
+  const first = document.querySelector("input.field");
+  if (first) { first.focus(); first.select(); }
+}
+
 async function load() {
   const response = await fetch("api/review", {credentials: "same-origin", cache: "no-store"});
   queue = response.ok ? await response.json() : [];
@@ -46,14 +82,24 @@ async function decide(action) {
   const digits = $("correction").value.trim();
   const by = $("by").value.trim() || "anonymous";
   localStorage.setItem("digits-reviewer", by);
+  let body;
+  if ($("card").dataset.form) {
+    if (action === "unreadable") return;  // a form's fields are corrected one by one, not dropped together
+    const fields = {};
+    for (const input of document.querySelectorAll("input.field")) fields[input.dataset.name] = input.value.trim();
+    body = {item, fields, by};
+  } else {
+    body = {item, action: action === "enter" ? (digits ? "correct" : "accept") : action, digits, by};
+  }
   const response = await fetch("api/review", {
     method: "POST", credentials: "same-origin",
     headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf()},
-    body: JSON.stringify({item, action: action === "enter" ? (digits ? "correct" : "accept") : action, digits, by}),
+    body: JSON.stringify(body),
   });
   const answer = await response.json().catch(() => ({}));
+  const rows = Array.isArray(answer) ? answer : [answer];
   $("message").textContent = response.ok
-    ? `${answer.source}: ${answer.action === "correct" ? `${answer.read} corrected to ${answer.digits}` : answer.action}`
+    ? rows.map((row) => `${row.source} ${row.number}: ${row.action === "correct" ? `${row.read} corrected to ${row.digits}` : row.action}`).join("; ")
     : `not saved: ${answer.error || response.status}`;
   await load();
 }
