@@ -69,8 +69,6 @@ def command_eval(args: argparse.Namespace, argv: list[str]) -> int:
     from trainer.evaluate import evaluate, format_report
 
     _check_data_path(args.data)
-    if args.extra is not None and not args.extra.is_dir():
-        raise DataError(f"--extra {args.extra}: not a folder")
     settings = _settings(args)
     check_version(settings.weights, args.version)
     report = evaluate(weights=settings.weights, version=args.version, data=args.data, device=settings.device)

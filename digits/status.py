@@ -31,7 +31,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"files        {report['files_waiting']} inbox files queued and not yet done",
         f"done         {report['done']} ({counted['ok']} recognised, {counted['no_digit']} with no digit)",
         f"failed       {report['failed']}",
-        f"review       {report['flagged']} flagged for review",
+        f"review       {report['flagged']} files flagged for review, {report['review_pending']} waiting in the review queue",
         f"throughput   {report['images_per_second']:.1f} images/s, average batch size {report['average_batch_size']}",
         f"workers      {report['workers_online']} online",
     ]

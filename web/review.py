@@ -35,37 +35,42 @@ def corrections_sheet(results: Path) -> results_files.Sheet:
 
 
 def pending(client, results: Path, *, limit: int = 20) -> list[dict[str, Any]]:
-    """The next flagged numbers, lowest confidence first; items whose results file no longer flags them (read
-    again since, or decided elsewhere) leave the queue."""
+    """The next flagged numbers and forms, lowest confidence first; items whose results file no longer flags
+    them (read again since, or decided elsewhere) leave the queue."""
     found = []
     for raw, score in client.zrange(protocol.REVIEW_QUEUE_KEY, 0, 4 * limit - 1, withscores=True):
         item = raw.decode() if isinstance(raw, bytes) else raw
-        form = _locate_form(results, item)
-        if form is not None:
-            source, result = form
-            found.append({
-                "item": item, "source": source, "form": result["template"], "confidence": score,
-                "fields": [{"name": name, "digits": field["digits"], "read": field.get("read"),
-                            "problems": field.get("problems", []), "review": field.get("review", False),
-                            "crop": (results / protocol.field_crop(source, name)).is_file()}
-                           for name, field in result["fields"].items()]})
-            if len(found) == limit:
-                break
-            continue
-        located = _locate(results, item)
-        if located is None:
+        entry = _form_entry(results, item, score) or _number_entry(results, item)
+        if entry is None:
             client.zrem(protocol.REVIEW_QUEUE_KEY, item)
             continue
-        source, page, index, _, number = located
-        found.append({
-            "item": item, "source": source, "page": page, "number": index, "digits": number["digits"],
-            "confidence": number["confidence"],
-            "per_digit": [{"digit": detail["digit"], "top": detail["top"]} for detail in number["details"]],
-            "crop": (results / protocol.review_crop(source, page, index)).is_file(),
-        })
+        found.append(entry)
         if len(found) == limit:
             break
     return found
+
+
+def _form_entry(results: Path, item: str, score: float) -> dict[str, Any] | None:
+    form = _locate_form(results, item)
+    if form is None:
+        return None
+    source, result = form
+    return {"item": item, "source": source, "form": result["template"], "confidence": score,
+            "fields": [{"name": name, "digits": field["digits"], "read": field.get("read"),
+                        "problems": field.get("problems", []), "review": field.get("review", False),
+                        "crop": (results / protocol.field_crop(source, name)).is_file()}
+                       for name, field in result["fields"].items()]}
+
+
+def _number_entry(results: Path, item: str) -> dict[str, Any] | None:
+    located = _locate(results, item)
+    if located is None:
+        return None
+    source, page, index, _, number = located
+    return {"item": item, "source": source, "page": page, "number": index, "digits": number["digits"],
+            "confidence": number["confidence"],
+            "per_digit": [{"digit": detail["digit"], "top": detail["top"]} for detail in number["details"]],
+            "crop": (results / protocol.review_crop(source, page, index)).is_file()}
 
 
 def crop_path(results: Path, item: str, field: str = "") -> Path:
