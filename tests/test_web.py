@@ -97,10 +97,20 @@ def test_files_dropped_into_the_inbox_appear_on_the_status_page_and_in_the_metri
                message="the latest results to list every file")
     recent = page.text_content("#recent")
     assert all(name in recent for name in [*scans, "broken.png"])
-    assert page.locator("#recent img").count() == 0 and page.title() == "digits — status"
+    # The only pictures in the table are the page's own thumbnails: the name's <img> stayed text.
+    assert page.evaluate("[...document.querySelectorAll('#recent img')].every(img => "
+                         "img.parentElement.className === 'thumbs' && img.getAttribute('src').startsWith('api/thumbnail'))")
+    assert page.title() == "digits — status"
     workers = page.text_content("#workers")
     assert "cpu" in workers.lower() and (shipped_weights_folder() / "CURRENT").read_text().strip() in workers
     wait_until(lambda: page.get_attribute("#line", "points"), timeout=30, interval=0.3, message="the chart")
+    # A thumbnail of each number read, cut from the original in processed/ (the page keeps no originals).
+    wait_until(lambda: page.evaluate("[...document.querySelectorAll('#recent .thumbs img')]"
+                                     ".filter(img => img.complete && img.naturalWidth > 0).length") == 4,
+               timeout=10, interval=0.3, message="a thumbnail of each of the four numbers")
+    for source in ("../../../etc/passwd", "/etc/passwd", "broken.png"):
+        assert fetch(f"http://127.0.0.1:{port}/api/thumbnail?source={urllib.request.quote(source)}&page=0&number=0"
+                     )[0] == 404, source
     if SCREENSHOTS:
         page.screenshot(path=str(Path(SCREENSHOTS) / "web-status.png"), full_page=True)
 

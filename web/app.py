@@ -19,6 +19,7 @@ from core import protocol
 from web import review
 from web.metrics import exposition
 from web.sampler import Sampler
+from web.thumbnails import Thumbnails
 
 TOKEN_COOKIE = "digits_token"
 SECURITY_HEADERS = {
@@ -30,8 +31,8 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(sampler: Sampler, *, client, results: Path, template_folder: Path, token: str = "",
-               title: str = "digits") -> Flask:
+def create_app(sampler: Sampler, *, client, results: Path, template_folder: Path, thumbnails: Thumbnails,
+               token: str = "", title: str = "digits") -> Flask:
     """The application over a running sampler, the service's Redis (`client`) and results folder. With a
     token, every request must carry it: the header `Authorization: Bearer <token>`, the cookie the page
     sets, or once `?token=<token>` in the address (which sets that cookie: strict same-site, not readable by
@@ -107,6 +108,17 @@ def create_app(sampler: Sampler, *, client, results: Path, template_folder: Path
             return jsonify(error=str(error)), error.status
         sampler.sample()  # the counts move at once
         return jsonify(answer)
+
+    @app.get("/api/thumbnail")
+    def thumbnail() -> Response:
+        try:
+            page, number = int(request.args.get("page", "")), int(request.args.get("number", ""))
+        except ValueError:
+            page = number = -1
+        made = thumbnails.png(request.args.get("source", ""), page, number) if min(page, number) >= 0 else None
+        if made is None:
+            return Response("no thumbnail\n", status=404, mimetype="text/plain")
+        return Response(made, mimetype="image/png", headers={"Cache-Control": "private, max-age=300"})
 
     @app.get("/api/status")
     def status_json() -> Response:

@@ -14,7 +14,8 @@ from core.settings import Settings, add_flags
 
 log = logging.getLogger(__name__)
 
-FLAGS = ("broker_url", "results", "templates", "weights", "web_host", "web_port", "web_token", "log_level")
+FLAGS = ("broker_url", "inbox", "results", "processed", "templates", "weights", "pdf_dpi", "max_pixels", "web_host",
+         "web_port", "web_token", "log_level")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +40,7 @@ class WebServer:
         from core.brokers import redis_client
         from web.app import create_app
         from web.sampler import Sampler
+        from web.thumbnails import Thumbnails
 
         token = settings.web_token
         if not loopback(settings.web_host) and not token:
@@ -46,8 +48,10 @@ class WebServer:
         self.token = token
         self.sampler = Sampler(url, settings.results)
         try:
+            thumbnails = Thumbnails(settings.results, [settings.processed, settings.inbox], pdf_dpi=settings.pdf_dpi,
+                                    max_pixels=settings.max_pixels)
             app = create_app(self.sampler, client=redis_client(url), results=settings.results,
-                             template_folder=settings.template_folder, token=token)
+                             template_folder=settings.template_folder, thumbnails=thumbnails, token=token)
             self.server = create_server(app, host=settings.web_host,
                                         port=settings.web_port, threads=4, ident="digits")
         except OSError as error:

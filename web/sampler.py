@@ -13,6 +13,7 @@ from typing import Any
 
 from core.errors import BrokerUnavailable
 from core.status import collect
+from web.thumbnails import numbers_of
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class Sampler:
             {"at": round(later[0], 3), "files_per_second": round((later[1] - earlier[1]) / (later[0] - earlier[0]), 2)}
             for earlier, later in zip(history, history[1:]) if later[0] > earlier[0]]
         report["recent"] = recent_results(self.results / "results.csv")
+        for row in report["recent"]:
+            row["numbers"] = numbers_of(self.results, row["source"]) if row["status"] == "ok" else []
         return report
 
 

@@ -60,11 +60,11 @@ def write(results: Path, relative: str, data: bytes, result: dict[str, Any], gly
                             pages={page for page, _, _ in numbers} | set(field_pages.values()))
         for page, index, number in numbers:
             if page in pages:
-                _save(_crop(pages[page], number["box"]),
+                _save(crop(pages[page], number["box"]),
                       results_files.confined(results, protocol.review_crop(relative, page, index)))
         for name, field in fields:
             if field.get("box") and field_pages[name] in pages:
-                _save(_crop(pages[field_pages[name]], field["box"]),
+                _save(crop(pages[field_pages[name]], field["box"]),
                       results_files.confined(results, protocol.field_crop(relative, name)))
     except Exception as error:  # a crop is a convenience: the result must still be written
         log.warning("no review crops for %s: %s: %s", relative, type(error).__name__, error)
@@ -81,15 +81,15 @@ def _page_of(result: dict[str, Any], field: dict[str, Any]) -> int:
     return 0
 
 
-def _crop(page: Image.Image, box: list[int]) -> Image.Image:
+def crop(page: Image.Image, box: list[int]) -> Image.Image:
+    """A number's box and a margin around it, grey, at most CROP_HEIGHT tall."""
     left, top, right, bottom = box
     margin = round(MARGIN * (bottom - top))
-    crop = page.crop((max(0, left - margin), max(0, top - margin), min(page.width, right + margin),
-                      min(page.height, bottom + margin)))
-    if crop.height > CROP_HEIGHT:
-        crop = crop.resize((max(1, round(crop.width * CROP_HEIGHT / crop.height)), CROP_HEIGHT),
-                           Image.Resampling.LANCZOS)
-    return crop.convert("L")
+    cut = page.crop((max(0, left - margin), max(0, top - margin), min(page.width, right + margin),
+                     min(page.height, bottom + margin)))
+    if cut.height > CROP_HEIGHT:
+        cut = cut.resize((max(1, round(cut.width * CROP_HEIGHT / cut.height)), CROP_HEIGHT), Image.Resampling.LANCZOS)
+    return cut.convert("L")
 
 
 def _save_array(images: np.ndarray, path: Path) -> None:

@@ -21,6 +21,24 @@ function fillRows(id, rows, cells) {
   }));
 }
 
+function addThumbnails(recent) {
+  // A thumbnail of each number in the row's last cell; where none can be made, its digits stay as text.
+  const rows = document.getElementById("recent").children;
+  recent.forEach((result, index) => {
+    const cell = document.createElement("td");
+    cell.className = "thumbs";
+    for (const number of result.numbers || []) {
+      const img = document.createElement("img");
+      img.alt = number.digits;
+      img.title = number.digits;
+      img.addEventListener("error", () => img.replaceWith(document.createTextNode(number.digits + " ")));
+      img.src = `api/thumbnail?source=${encodeURIComponent(result.source)}&page=${number.page}&number=${number.number}`;
+      cell.appendChild(img);
+    }
+    rows[index].appendChild(cell);
+  });
+}
+
 function drawChart(points) {
   const line = document.getElementById("line");
   if (points.length < 2) {
@@ -50,6 +68,7 @@ async function refresh() {
     }
     fillRows("recent", report.recent || [], (r) =>
       [r.processed_at, r.source, r.status, r.digits, r.confidence, r.review === "true" ? "review" : ""]);
+    addThumbnails(report.recent || []);
   } catch (error) {
     setText("state", `page offline: ${error.message}`);
     document.body.classList.add("down");
