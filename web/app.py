@@ -56,7 +56,7 @@ def create_app(sampler: Sampler, *, client, results: Path, template_folder: Path
 
     @app.before_request
     def check_origin() -> Any:
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD", "OPTIONS"):
             return None
         origin = request.headers.get("Origin")
         if (not hmac.compare_digest(request.headers.get("X-CSRF-Token", "").encode(), csrf.encode())
@@ -66,7 +66,8 @@ def create_app(sampler: Sampler, *, client, results: Path, template_folder: Path
 
     @app.after_request
     def headers(response: Response) -> Response:
-        response.headers.update(SECURITY_HEADERS)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
         if token and request.args.get("token"):
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure)
         return response
