@@ -25,6 +25,7 @@ COUNTER_PREFIX = "digits:count:"    # + status: results made, for digits status 
 REVIEW_COUNTER_KEY = COUNTER_PREFIX + "review"  # inbox files whose result was flagged for review
 REVIEWED_COUNTER_KEY = COUNTER_PREFIX + "reviewed"  # flagged numbers a person has since reviewed
 REVIEW_QUEUE_KEY = "digits:review"  # sorted set: review_item(...) of each flagged number -> its confidence
+REVIEW_LOCK_PREFIX = "digits:review:lock:"  # + item: held while a person's decision on it is written
 ROW_MARK_PREFIX = "digits:row:"     # + drop (or job), sha256, source: results.csv row written once
 UNACKED_KEY = "unacked"             # Kombu's Redis transport: jobs delivered to a worker and not yet acknowledged
 UNACKED_INDEX_KEY = "unacked_index"  # ... and when each was delivered, or last seen held by a live worker

@@ -298,3 +298,37 @@ def test_a_forms_fields_are_reviewed_together(tmp_path, browser):
     assert rows[0].endswith(",12345674,correct,anonymous")
     assert all(row.endswith(",accept,anonymous") for row in rows[1:])
     assert up.interrupt() == 0
+
+
+@pytest.mark.fast
+def test_a_number_is_decided_once_and_a_held_one_waits(tmp_path, redis_client):
+    import json
+
+    from web import review
+
+    result = {"source": "a.png", "status": "ok", "digits": "7", "review": True, "sha256": "ab" * 32,
+              "pages": [{"page": 0, "digits": "7", "review": True,
+                         "numbers": [{"digits": "7", "confidence": 0.4, "review": True, "box": [0, 0, 9, 9],
+                                      "details": [{"digit": "7", "top": [["7", 0.4], ["1", 0.3], ["2", 0.1]]}]}]}]}
+    (tmp_path / "a.png.json").write_text(json.dumps(result))
+    item = protocol.review_item("a.png", 0, 0)
+    redis_client.zadd(protocol.REVIEW_QUEUE_KEY, {item: 0.4})
+    assert [entry["item"] for entry in review.pending(redis_client, tmp_path)] == [item]
+    redis_client.set(protocol.REVIEW_LOCK_PREFIX + item, "1")  # someone else is deciding it
+    with pytest.raises(review.ReviewError) as held:
+        review.decide(redis_client, tmp_path, item, action="correct", digits="1", by="ana", at="t1")
+    assert held.value.status == 409
+    redis_client.delete(protocol.REVIEW_LOCK_PREFIX + item)
+    row = review.decide(redis_client, tmp_path, item, action="correct", digits="1", by="ana", at="t1")
+    assert row["read"] == "7" and row["digits"] == "1"
+    with pytest.raises(review.ReviewError) as again:
+        review.decide(redis_client, tmp_path, item, action="accept", digits="", by="bo", at="t2")
+    assert again.value.status == 409  # the first decision stands
+    decided = json.loads((tmp_path / "a.png.json").read_text())
+    assert decided["digits"] == "1" and not decided["review"]
+    assert decided["pages"][0]["numbers"][0]["reviewed"] == {"action": "correct", "read": "7", "by": "ana", "at": "t1"}
+    assert len((tmp_path / "corrections.csv").read_text().splitlines()) == 2
+    assert redis_client.zcard(protocol.REVIEW_QUEUE_KEY) == 0 and review.pending(redis_client, tmp_path) == []
+    for bad in ({"action": "correct", "digits": "1a"}, {"action": "delete", "digits": ""}):
+        with pytest.raises(review.ReviewError):
+            review.decide(redis_client, tmp_path, item, by="ana", at="t3", **bad)

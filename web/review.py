@@ -4,6 +4,7 @@ decided and when), appends a row to RESULTS/corrections.csv and takes the number
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -19,6 +20,7 @@ COLUMNS = ("reviewed_at", "source", "page", "number", "read", "digits", "action"
 ACTIONS = ("accept", "correct", "unreadable")
 DIGITS = re.compile(r"^[0-9]{1,64}$")
 REVIEWER = re.compile(r"^[\w .@-]{1,64}$")
+HOLD_SECONDS = 30  # longest a decision takes to write
 
 
 class ReviewError(Exception):
@@ -103,31 +105,47 @@ def decide(client, results: Path, item: str, *, action: str, digits: str, by: st
         raise ReviewError("the reviewer's name: 1 to 64 letters, digits, spaces, '.', '@', '-' or '_'", 400)
     if _locate_form(results, item) is not None:
         raise ReviewError("a form is decided with decide_form", 400)
-    located = _locate(results, item)
-    if located is None or not client.zrem(protocol.REVIEW_QUEUE_KEY, item):
-        raise ReviewError("this number is no longer waiting for review", 409)  # decided by someone else
-    source, page, index, result, number = located
-    read = number["digits"]
-    new = {"accept": read, "correct": digits, "unreadable": ""}[action]
-    number.update(digits=new, review=False, reviewed={"action": action, "read": read, "by": by, "at": at})
-    for entry in result["pages"]:
-        entry["digits"] = " ".join(found["digits"] for found in entry["numbers"] if found["digits"])
-        entry["review"] = any(found["review"] for found in entry["numbers"])
-    result["digits"] = " ".join(entry["digits"] for entry in result["pages"] if entry["digits"])
-    result["review"] = any(entry["review"] for entry in result["pages"]) or any(
-        field.get("review") for field in (result.get("fields") or {}).values())
-    row = {"reviewed_at": at, "source": source, "page": page, "number": index, "read": read, "digits": new,
-           "action": action, "by": by}
-    try:
+    with _claimed(client, item):
+        located = _locate(results, item)
+        if located is None:
+            raise ReviewError("this number is no longer waiting for review", 409)
+        source, page, index, result, number = located
+        read = number["digits"]
+        new = {"accept": read, "correct": digits, "unreadable": ""}[action]
+        number.update(digits=new, review=False, reviewed={"action": action, "read": read, "by": by, "at": at})
+        for entry in result["pages"]:
+            entry["digits"] = " ".join(found["digits"] for found in entry["numbers"] if found["digits"])
+            entry["review"] = any(found["review"] for found in entry["numbers"])
+        result["digits"] = " ".join(entry["digits"] for entry in result["pages"] if entry["digits"])
+        result["review"] = any(entry["review"] for entry in result["pages"]) or any(
+            field.get("review") for field in (result.get("fields") or {}).values())
+        row = {"reviewed_at": at, "source": source, "page": page, "number": index, "read": read, "digits": new,
+               "action": action, "by": by}
         results_files.write_json_files([(results_files.result_path(results, source), result)])
         results_files.append_rows(corrections_sheet(results), [row])
-    except OSError:
-        client.zadd(protocol.REVIEW_QUEUE_KEY, {item: number["confidence"]})  # back on the queue
-        raise
-    client.incr(protocol.REVIEWED_COUNTER_KEY)
     if new:
         _keep_samples(results, source, page, index, new, result.get("sha256") or "")
     return row
+
+
+@contextlib.contextmanager
+def _claimed(client, item: str):
+    """Hold a queued item while a decision on it is written, then take it off the queue. A second decision
+    meanwhile is refused (409); a web process killed meanwhile leaves it queued (the hold expires), and once
+    its results file says it was decided, the queue lets it go."""
+    lock = protocol.REVIEW_LOCK_PREFIX + item
+    if client.zscore(protocol.REVIEW_QUEUE_KEY, item) is None or not client.set(lock, "1", nx=True, ex=HOLD_SECONDS):
+        raise ReviewError("this is no longer waiting for review", 409)  # decided, or being decided, by someone else
+    try:
+        yield
+    except BaseException:
+        client.delete(lock)
+        raise
+    pipe = client.pipeline(transaction=True)
+    pipe.zrem(protocol.REVIEW_QUEUE_KEY, item)
+    pipe.incr(protocol.REVIEWED_COUNTER_KEY)
+    pipe.delete(lock)
+    pipe.execute()
 
 
 def _keep_samples(results: Path, source: str, page: int, index: int, digits: str, sha256: str) -> None:
@@ -157,36 +175,30 @@ def decide_form(client, results: Path, template_folder: Path, item: str, *, valu
     what was read. Returns the corrections rows (one per field)."""
     if not REVIEWER.match(by or ""):
         raise ReviewError("the reviewer's name: 1 to 64 letters, digits, spaces, '.', '@', '-' or '_'", 400)
-    form = _locate_form(results, item)
-    if form is None:
-        raise ReviewError("this form is no longer waiting for review", 409)
-    source, result = form
-    fields = result["fields"]
-    if set(values) != set(fields) or not all(value == "" or DIGITS.match(value) for value in values.values()):
-        raise ReviewError(f"send the digits of every field: {', '.join(fields)}", 400)
-    if not client.zrem(protocol.REVIEW_QUEUE_KEY, item):
-        raise ReviewError("this form is no longer waiting for review", 409)
-    try:
-        problems = templates.problems(templates.load(template_folder, result["template"]), values)
-    except templates.TemplateError:
-        problems = None  # the template is gone or broken: the fields' problems stay as they were read
-    rows = []
-    for name, field in fields.items():
-        read, new = field["digits"], values[name]
-        action = "accept" if new == read else "correct"
-        field.update(digits=new, review=False, reviewed={"action": action, "read": read, "by": by, "at": at})
-        if problems is not None:
-            field.update(problems=problems[name], valid=not problems[name])
-        rows.append({"reviewed_at": at, "source": source, "page": "", "number": name, "read": read, "digits": new,
-                     "action": action, "by": by})
-    result["review"] = False
-    try:
+    with _claimed(client, item):
+        form = _locate_form(results, item)
+        if form is None:
+            raise ReviewError("this form is no longer waiting for review", 409)
+        source, result = form
+        fields = result["fields"]
+        if set(values) != set(fields) or not all(value == "" or DIGITS.match(value) for value in values.values()):
+            raise ReviewError(f"send the digits of every field: {', '.join(fields)}", 400)
+        try:
+            problems = templates.problems(templates.load(template_folder, result["template"]), values)
+        except templates.TemplateError:
+            problems = None  # the template is gone or broken: the fields' problems stay as they were read
+        rows = []
+        for name, field in fields.items():
+            read, new = field["digits"], values[name]
+            action = "accept" if new == read else "correct"
+            field.update(digits=new, review=False, reviewed={"action": action, "read": read, "by": by, "at": at})
+            if problems is not None:
+                field.update(problems=problems[name], valid=not problems[name])
+            rows.append({"reviewed_at": at, "source": source, "page": "", "number": name, "read": read,
+                         "digits": new, "action": action, "by": by})
+        result["review"] = False
         results_files.write_json_files([(results_files.result_path(results, source), result)])
         results_files.append_rows(corrections_sheet(results), rows)
-    except OSError:
-        client.zadd(protocol.REVIEW_QUEUE_KEY, {item: 0.0})
-        raise
-    client.incr(protocol.REVIEWED_COUNTER_KEY)
     return rows
 
 
