@@ -227,11 +227,12 @@ def test_a_worker_without_loadable_weights_exits_instead_of_taking_jobs(tmp_path
     assert "no weights published" in completed.stderr
 
 
-def test_workers_send_task_events_that_flower_would_show(worker, client, tmp_path):
+def test_workers_send_task_events_once_flower_turns_them_on(worker, client, tmp_path):
     import threading
 
     received, ready = [], threading.Event()
     app = client
+    app.control.enable_events()  # what Flower does when it starts (and every few seconds after)
 
     def listen():
         with app.connection() as connection:
@@ -248,3 +249,4 @@ def test_workers_send_task_events_that_flower_would_show(worker, client, tmp_pat
     client.send_task(protocol.TASK_PROCESS_FILES, kwargs={"files": [job]}, queue=protocol.QUEUE).get(timeout=60)
     wait_until(lambda: received, timeout=15, message="a task-succeeded event")
     assert received[0]["hostname"].startswith("main@")
+    app.control.disable_events()  # off again: they cost the drop-to-result latency (docs/web.md)

@@ -55,7 +55,7 @@ def celery_config(settings: Settings) -> dict:
         worker_concurrency=settings.concurrency,
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=True,
-        worker_send_task_events=True,  # Flower (and any Celery event consumer) sees every job
+        worker_send_task_events=False,  # Flower turns them on when it starts (enable_events): see docs/web.md
     )
 
 
