@@ -47,13 +47,12 @@ class WebServer:
             token = secrets.token_urlsafe(24)  # beyond this machine, never without a token
         self.token = token
         self.sampler = Sampler(url, settings.results)
+        thumbnails = Thumbnails(settings.results, [settings.processed, settings.inbox], pdf_dpi=settings.pdf_dpi,
+                                max_pixels=settings.max_pixels)
+        app = create_app(self.sampler, client=redis_client(url), results=settings.results,
+                         template_folder=settings.template_folder, thumbnails=thumbnails, token=token)
         try:
-            thumbnails = Thumbnails(settings.results, [settings.processed, settings.inbox], pdf_dpi=settings.pdf_dpi,
-                                    max_pixels=settings.max_pixels)
-            app = create_app(self.sampler, client=redis_client(url), results=settings.results,
-                             template_folder=settings.template_folder, thumbnails=thumbnails, token=token)
-            self.server = create_server(app, host=settings.web_host,
-                                        port=settings.web_port, threads=4, ident="digits")
+            self.server = create_server(app, host=settings.web_host, port=settings.web_port, threads=4, ident="digits")
         except OSError as error:
             raise ConfigError(f"the web page cannot listen on {settings.web_host}:{settings.web_port}: "
                               f"{error.strerror or error}") from None
