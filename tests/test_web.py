@@ -332,3 +332,27 @@ def test_a_number_is_decided_once_and_a_held_one_waits(tmp_path, redis_client):
     for bad in ({"action": "correct", "digits": "1a"}, {"action": "delete", "digits": ""}):
         with pytest.raises(review.ReviewError):
             review.decide(redis_client, tmp_path, item, by="ana", at="t3", **bad)
+
+
+@pytest.mark.fast
+def test_a_taken_port_is_a_clear_error_and_beyond_loopback_a_token_is_made(tmp_path):
+    import socket
+
+    from core.errors import ConfigError
+    from core.settings import Settings
+    from web.main import WebServer
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+            WebServer(Settings(results=tmp_path, web_port=port), "redis://127.0.0.1:1/0")
+    server = WebServer(Settings(results=tmp_path, web_host="0.0.0.0", web_port=0), "redis://127.0.0.1:1/0")
+    try:
+        assert len(server.token) >= 24 and server.link == f"{server.address}?token={server.token}"
+    finally:
+        server.server.close()
+    local = WebServer(Settings(results=tmp_path, web_port=0), "redis://127.0.0.1:1/0")
+    local.server.close()
+    assert local.token == "" and local.link == local.address  # 127.0.0.1: no token
