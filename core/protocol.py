@@ -160,10 +160,11 @@ def number_result(details: list[dict[str, Any]], *, review_below: float) -> dict
 
 
 def page_result(index: int, numbers: list[dict[str, Any]]) -> dict[str, Any]:
-    """One page: its numbers in reading order joined by one space, the lowest confidence (0 when none)."""
+    """One page: its numbers in reading order joined by one space (a number a person found unreadable has no
+    digits and leaves no gap), the lowest confidence (0 when none)."""
     return {
         "page": index,
-        "digits": " ".join(number["digits"] for number in numbers),
+        "digits": " ".join(number["digits"] for number in numbers if number["digits"]),
         "confidence": min((number["confidence"] for number in numbers), default=0.0),
         "review": any(number["review"] for number in numbers),
         "numbers": numbers,

@@ -127,7 +127,7 @@ def create_app(sampler: Sampler, *, client, results: Path, template_folder: Path
 
     @app.get("/metrics")
     def metrics() -> Response:
-        body, content_type = exposition(sampler.report())
+        body, content_type = exposition(sampler.status())
         return Response(body, content_type=content_type)
 
     @app.errorhandler(RedisError)

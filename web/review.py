@@ -113,12 +113,9 @@ def decide(client, results: Path, item: str, *, action: str, digits: str, by: st
         read = number["digits"]
         new = {"accept": read, "correct": digits, "unreadable": ""}[action]
         number.update(digits=new, review=False, reviewed={"action": action, "read": read, "by": by, "at": at})
-        for entry in result["pages"]:
-            entry["digits"] = " ".join(found["digits"] for found in entry["numbers"] if found["digits"])
-            entry["review"] = any(found["review"] for found in entry["numbers"])
+        result["pages"] = [protocol.page_result(entry["page"], entry["numbers"]) for entry in result["pages"]]
         result["digits"] = " ".join(entry["digits"] for entry in result["pages"] if entry["digits"])
-        result["review"] = any(entry["review"] for entry in result["pages"]) or any(
-            field.get("review") for field in (result.get("fields") or {}).values())
+        result["review"] = any(entry["review"] for entry in result["pages"])
         row = {"reviewed_at": at, "source": source, "page": page, "number": index, "read": read, "digits": new,
                "action": action, "by": by}
         results_files.write_json_files([(results_files.result_path(results, source), result)])
@@ -202,25 +199,39 @@ def decide_form(client, results: Path, template_folder: Path, item: str, *, valu
     return rows
 
 
+def load_result(results: Path, source: str) -> dict[str, Any] | None:
+    """The results file of an inbox file, confined to the results folder; None when it cannot be read."""
+    try:
+        return json.loads(results_files.result_path(results, source).read_text(encoding="utf-8"))
+    except (ValueError, TypeError, OSError, UnsafePath):
+        return None
+
+
+def number_in(result: dict[str, Any], page: int, index: int) -> dict[str, Any] | None:
+    """The number at `index` on page `page` of a result; None when there is none."""
+    try:
+        return next(entry for entry in result["pages"] if entry["page"] == page)["numbers"][index]
+    except (KeyError, IndexError, TypeError, StopIteration):
+        return None
+
+
 def _locate_form(results: Path, item: str):
     """(source, its result) of a queued form whose results file still flags it; None for anything else."""
     try:
         source, page, _ = protocol.parse_review_item(item)
-        if page is not None:
-            return None
-        result = json.loads(results_files.result_path(results, source).read_text(encoding="utf-8"))
-    except (ValueError, TypeError, OSError, UnsafePath):
+    except (ValueError, TypeError):
         return None
-    return (source, result) if result.get("template") and result.get("review") and result.get("fields") else None
+    result = load_result(results, source) if page is None else None
+    return (source, result) if result and result.get("template") and result.get("review") and result.get("fields") \
+        else None
 
 
 def _locate(results: Path, item: str):
     """(source, page, place, its result, the number) of a queued item whose results file still flags it."""
     try:
         source, page, index = protocol.parse_review_item(item)
-        path = results_files.result_path(results, source)
-        result = json.loads(path.read_text(encoding="utf-8"))
-        number = next(entry for entry in result["pages"] if entry["page"] == page)["numbers"][index]
-    except (ValueError, TypeError, KeyError, IndexError, StopIteration, OSError, UnsafePath):
+    except (ValueError, TypeError):
         return None
-    return (source, page, index, result, number) if number.get("review") else None
+    result = load_result(results, source) if page is not None else None
+    number = number_in(result, page, index) if result else None
+    return (source, page, index, result, number) if number and number.get("review") else None

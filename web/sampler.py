@@ -62,6 +62,11 @@ class Sampler:
                     self._history.popleft()
             self._report = report
 
+    def status(self) -> dict[str, Any]:
+        """The latest status as sampled (what /metrics needs: no file is read)."""
+        with self._lock:
+            return dict(self._report)
+
     def report(self) -> dict[str, Any]:
         """The latest status, files per second over each sample of the last minutes, and the latest results."""
         with self._lock:

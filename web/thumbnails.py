@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 from pathlib import Path
 
 from core.errors import UnsafePath
+from web.review import load_result, number_in
 from worker import results_files
 
 MAX_BYTES = 20_000_000
@@ -17,10 +17,7 @@ MAX_BYTES = 20_000_000
 
 def numbers_of(results: Path, source: str) -> list[dict]:
     """(page, number, digits) of each number a results file holds; [] when it cannot be read."""
-    try:
-        result = json.loads(results_files.result_path(results, source).read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnsafePath):
-        return []
+    result = load_result(results, source) or {}
     return [{"page": page["page"], "number": index, "digits": number["digits"]}
             for page in result.get("pages", []) for index, number in enumerate(page.get("numbers", []))]
 
@@ -44,18 +41,17 @@ class Thumbnails:
     @functools.lru_cache(maxsize=256)  # one instance per process: the cache lives as long as the page
     def _made(self, source: str, page: int, number: int, stamp: int) -> bytes | None:
         from core import protocol
-
-        crop = results_files.confined(self.results, protocol.review_crop(source, page, number))
-        if crop.is_file():
-            return crop.read_bytes()
         from worker.crops import crop
         from worker.normalise import page_images
 
-        try:
-            result = json.loads(results_files.result_path(self.results, source).read_text(encoding="utf-8"))
-            box = next(entry for entry in result["pages"] if entry["page"] == page)["numbers"][number]["box"]
-        except (OSError, ValueError, KeyError, IndexError, StopIteration):
+        kept = results_files.confined(self.results, protocol.review_crop(source, page, number))
+        if kept.is_file():  # the worker's review crop
+            return kept.read_bytes()
+
+        found = number_in(load_result(self.results, source) or {}, page, number)
+        if found is None:
             return None
+        box = found["box"]
         for folder in self.originals:
             try:
                 original = results_files.confined(folder, source)

@@ -38,6 +38,16 @@ def form_fields(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return list((result.get("fields") or {}).items())
 
 
+def review_items(result: dict[str, Any]) -> dict[str, float]:
+    """The review queue's members a result adds, each with its score (confidence, lowest first): its flagged
+    numbers, or a flagged form whole (scored by its least sure field)."""
+    fields = form_fields(result)
+    if fields:
+        return {protocol.review_item(result["source"]): min(field["confidence"] for _, field in fields)}
+    return {protocol.review_item(result["source"], page, index): number["confidence"]
+            for page, index, number in flagged(result)}
+
+
 def write(results: Path, relative: str, data: bytes, result: dict[str, Any], glyphs: dict, *, pdf_dpi: int,
           max_pixels: int) -> None:
     """The crops of a result's flagged numbers and their digits' images (`glyphs`: a glyph's box -> its
@@ -52,20 +62,20 @@ def write(results: Path, relative: str, data: bytes, result: dict[str, Any], gly
         for page, index, number in numbers:
             images = [glyphs.get(tuple(detail["box"])) for detail in number["details"]]
             if images and all(image is not None for image in images):
-                path = results_files.confined(results, protocol.review_glyphs(relative, page, index))
-                path.parent.mkdir(parents=True, exist_ok=True)
-                _save_array(np.stack([np.round(255 * image).astype(np.uint8) for image in images]), path)
+                stacked = np.stack([np.round(255 * image).astype(np.uint8) for image in images])
+                _save(results_files.confined(results, protocol.review_glyphs(relative, page, index)),
+                      lambda file, stacked=stacked: np.save(file, stacked, allow_pickle=False))
         field_pages = {name: _page_of(result, field) for name, field in fields}
         pages = page_images(data, pdf_dpi=pdf_dpi, max_pixels=max_pixels,
                             pages={page for page, _, _ in numbers} | set(field_pages.values()))
         for page, index, number in numbers:
             if page in pages:
-                _save(crop(pages[page], number["box"]),
-                      results_files.confined(results, protocol.review_crop(relative, page, index)))
+                _save_png(crop(pages[page], number["box"]),
+                          results_files.confined(results, protocol.review_crop(relative, page, index)))
         for name, field in fields:
             if field.get("box") and field_pages[name] in pages:
-                _save(crop(pages[field_pages[name]], field["box"]),
-                      results_files.confined(results, protocol.field_crop(relative, name)))
+                _save_png(crop(pages[field_pages[name]], field["box"]),
+                          results_files.confined(results, protocol.field_crop(relative, name)))
     except Exception as error:  # a crop is a convenience: the result must still be written
         log.warning("no review crops for %s: %s: %s", relative, type(error).__name__, error)
 
@@ -92,16 +102,14 @@ def crop(page: Image.Image, box: list[int]) -> Image.Image:
     return cut.convert("L")
 
 
-def _save_array(images: np.ndarray, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as file:
-        np.save(file, images, allow_pickle=False)
-    os.replace(temporary, path)
+def _save_png(picture: Image.Image, path: Path) -> None:
+    _save(path, lambda file: picture.save(file, format="PNG", optimize=False))
 
 
-def _save(crop: Image.Image, path: Path) -> None:
-    """Written whole or not at all (a temporary file renamed into place)."""
+def _save(path: Path, write) -> None:
+    """A file written whole or not at all: write(file) into a temporary file beside it, renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    crop.save(temporary, format="PNG", optimize=False)
+    with open(temporary, "wb") as file:
+        write(file)
     os.replace(temporary, path)

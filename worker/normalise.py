@@ -102,6 +102,12 @@ class Glyph:
     last_resort: bool = False
     cuts: tuple[tuple["Glyph", ...], ...] = ()
 
+    @property
+    def model_inputs(self) -> tuple["Glyph", ...]:
+        """What the model reads of this mark, in the order its answers come back: the whole, its pieces, then
+        the pieces of each other cut."""
+        return (self, *self.pieces, *(piece for cut in self.cuts for piece in cut))
+
 
 @dataclass(frozen=True)
 class Number:

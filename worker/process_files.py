@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import collections
-import time
 import hashlib
 import logging
 import os
 import re
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -317,14 +317,10 @@ def _mark_done(client, keyed: dict[str, dict[str, Any]], *, ttl: int, count: boo
     if count:
         for status, number in collections.Counter(result["status"] for result in keyed.values()).items():
             pipe.incrby(protocol.counter_key(status), number)
-        flagged = sum(bool(result.get("review")) for result in keyed.values())
+        flagged = [result for result in keyed.values() if result.get("review")]
         if flagged:
-            pipe.incrby(protocol.REVIEW_COUNTER_KEY, flagged)
-            queued = {protocol.review_item(result["source"], page, index): number["confidence"]
-                      for result in keyed.values() for page, index, number in crops.flagged(result)}
-            queued.update({protocol.review_item(result["source"]): min(
-                (field["confidence"] for _, field in crops.form_fields(result)), default=0.0)
-                for result in keyed.values() if crops.form_fields(result)})
+            pipe.incrby(protocol.REVIEW_COUNTER_KEY, len(flagged))
+            queued = {item: score for result in flagged for item, score in crops.review_items(result).items()}
             if queued:
                 pipe.zadd(protocol.REVIEW_QUEUE_KEY, queued)
     pipe.execute()

@@ -119,13 +119,12 @@ def read(pages: list, probabilities: np.ndarray, *, source: str, model: str | No
         for number in page.numbers:
             wholes, readings = [], []
             for glyph in number.glyphs:
-                cuts = [glyph.pieces, *glyph.cuts]
-                boxes = [glyph.box] + [piece.box for cut in cuts for piece in cut]
+                boxes = [read.box for read in glyph.model_inputs]
                 read_as = protocol.digit_details(probabilities[offset:offset + len(boxes)], boxes, page=page.index,
                                                  choices=lengths is not None)
                 offset += len(boxes)
                 options, start = [read_as[:1]], 1
-                for cut in cuts:
+                for cut in (glyph.pieces, *glyph.cuts):
                     options.append(read_as[start:start + len(cut)])
                     start += len(cut)
                 reading = _reading(read_as[0], options[1], last_resort=glyph.last_resort)
@@ -274,18 +273,13 @@ def _without_stray_ends(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def glyph_images(pending: Pending) -> dict[tuple[int, ...], np.ndarray]:
     """A file's glyph images by their box (whole marks, their pieces and other cuts), to find again the image
     of each digit a result reports by its box."""
-    boxes = [box for page in pending.pages for glyph in page.glyphs
-             for box in (glyph.box, *(piece.box for piece in glyph.pieces),
-                         *(piece.box for cut in glyph.cuts for piece in cut))]
+    boxes = [read.box for page in pending.pages for glyph in page.glyphs for read in glyph.model_inputs]
     return {tuple(int(value) for value in box): image for box, image in zip(boxes, pending.images)}
 
 
 def images_of(pages: list) -> list[np.ndarray]:
-    """The images the model reads for normalised pages, in the order read() expects: each glyph, then its
-    pieces, then the pieces of its other cuts."""
-    return [image for page in pages for glyph in page.glyphs
-            for image in (glyph.image, *(piece.image for piece in glyph.pieces),
-                          *(piece.image for cut in glyph.cuts for piece in cut))]
+    """The images the model reads for normalised pages, in the order read() expects (Glyph.model_inputs)."""
+    return [read.image for page in pages for glyph in page.glyphs for read in glyph.model_inputs]
 
 
 def _reading(whole: dict[str, Any], pieces: list[dict[str, Any]], *, last_resort: bool = False
