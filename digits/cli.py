@@ -16,6 +16,7 @@ from pathlib import Path
 from core.device import quiet_tensorflow
 from core.errors import ConfigError, DataError, DigitsError
 from core.settings import Settings, add_flags
+from digits.local.children import guard_against_orphaning
 
 log = logging.getLogger("digits")
 
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     quiet_tensorflow()  # before anything loads TensorFlow, here or in the services this starts
+    guard_against_orphaning()  # a service of `digits up` stops when `digits up` is gone
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -31,7 +31,7 @@ from service_harness import (
 from core import protocol
 from core.errors import ConfigError, WeightsError
 from core.settings import Settings
-from digits.local import up
+from digits.local import children, up
 from digits.local.embedded_redis import EmbeddedRedis, recorded_url, running_url
 
 
@@ -157,9 +157,41 @@ def test_services_stop_by_themselves_when_digits_up_is_killed(tmp_path, weights)
     assert len(family) >= 3  # redis-server, worker, watcher
     run.process.kill()
     run.process.wait()
-    wait_until(lambda: not [pid for pid in family if alive(pid)], timeout=90, interval=0.2,
-               message="the services of a killed digits up to stop")
+    deadline = time.monotonic() + children.ORPHAN_GRACE_SECONDS + 30
+    while (left := [pid for pid in family if alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    logs = "\n".join(f"--- {log.name}:\n{log.read_text(errors='replace')[-3000:]}"
+                     for log in sorted((site / ".digits").glob("*.log")))
+    assert not left, f"still running: {[command_line(pid) for pid in left]}\n{logs}"
     assert running_url(site / ".digits") is None  # its recorded URL is known to be stale
+
+
+def test_a_service_whose_digits_up_died_exits_even_when_its_own_shutdown_hangs(tmp_path):
+    # A stand-in for `digits up` starts a service that ignores SIGTERM (a shutdown stuck on a Redis that
+    # died too), then dies by SIGKILL: the service must still go, within the grace the guard allows.
+    service = ("import signal, time, sys; sys.path.insert(0, %r); signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+               "from digits.local.children import guard_against_orphaning; "
+               "print('guarded' if guard_against_orphaning(grace=2, every=0.1) else 'unguarded', flush=True); "
+               "time.sleep(300)") % str(Path(__file__).resolve().parents[1])
+    supervisor = ("import subprocess, sys, time; from digits.local.children import Child; from pathlib import Path; "
+                  "child = Child('service', [sys.executable, '-c', sys.argv[1]], log_path=Path(sys.argv[2]), "
+                  "environment={}).start(); print(child.pid, flush=True); time.sleep(300)")
+    log_path = tmp_path / "service.log"
+    parent = subprocess.Popen([sys.executable, "-c", supervisor, service, str(log_path)],
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        pid = int(parent.stdout.readline())
+        wait_until(lambda: "guarded" in log_path.read_text(), timeout=30, message="the service to start")
+        assert log_path.read_text().split() == ["guarded"]
+        parent.kill()
+        parent.wait()
+        time.sleep(1)
+        assert alive(pid), "it ignores SIGTERM, so only the guard can stop it"
+        wait_until(lambda: not alive(pid), timeout=15, message="the orphaned service to exit")
+    finally:
+        parent.kill()
+        if alive(pid := locals().get("pid", 0)):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_the_cli_modules_import_neither_tensorflow_nor_celery():

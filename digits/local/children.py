@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -15,6 +16,8 @@ from typing import Mapping, Sequence
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+SUPERVISOR_VARIABLE = "DIGITS_SUPERVISOR_PID"  # set for each service: the pid of the `digits up` that runs it
+ORPHAN_GRACE_SECONDS = 30.0  # a service whose `digits up` died has this long to stop by itself
 
 
 def _die_with_parent() -> None:
@@ -23,6 +26,33 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass  # not Linux: the parent's own shutdown still stops it
+
+
+def guard_against_orphaning(environment: Mapping[str, str] = os.environ, *,
+                            grace: float = ORPHAN_GRACE_SECONDS, every: float = 1.0) -> threading.Thread | None:
+    """In a service started by `digits up`: exit, at the latest `grace` seconds after `digits up` died.
+
+    Its death already sends this process SIGTERM (PR_SET_PDEATHSIG), and the service then shuts down
+    as usual; but a shutdown that waits on something that died with `digits up` (its embedded Redis)
+    must not leave the service running, holding a model and a state folder, with nobody to stop it.
+    Jobs it held come back from Redis by the visibility timeout, as for any killed worker.
+    """
+    supervisor = environment.get(SUPERVISOR_VARIABLE)
+    if not supervisor or not supervisor.isdigit() or int(supervisor) != os.getppid():
+        return None
+
+    def watch() -> None:
+        while os.getppid() == int(supervisor):
+            time.sleep(every)
+        time.sleep(grace)
+        log.error("`digits up` (pid %s) is gone and this service did not stop within %.0f s; exiting",
+                  supervisor, grace)
+        logging.shutdown()
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="digits-orphan-guard", daemon=True)
+    thread.start()
+    return thread
 
 
 class Child:
@@ -44,7 +74,7 @@ class Child:
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 self.command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                env=self.environment, start_new_session=True,
+                env={**self.environment, SUPERVISOR_VARIABLE: str(os.getpid())}, start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         log.info("started %s (pid %d), log in %s", self.name, self.process.pid, self.log_path)
         return self
