@@ -69,8 +69,9 @@ class Settings:
     rescan_interval: float = _setting(60.0, "Seconds between full rescans of the inbox (0: never)")
     extensions: tuple[str, ...] = _setting(DEFAULT_EXTENSIONS, "Comma-separated file extensions the watcher accepts")
     reload_interval: float = _setting(2.0, "Seconds between worker checks for a newly published weights version")
-    concurrency: int = _setting(4, "Jobs one worker process handles at once (threads feeding its batcher); "
-                                "more threads than cores only pass Python's GIL around")
+    concurrency: int = _setting(2, "Jobs one worker process handles at once (threads feeding its batcher): two "
+                                "keep its core busy, one normalising while the other waits on the model, files or "
+                                "Redis; more only fight over Python's GIL")
     workers: int = _setting(0, "Worker processes `digits up` starts, each with the model loaded; 0: one per CPU "
                             "core, at most 4 (one Python process uses about one core)")
     tf_threads: int = _setting(0, "Threads one model call may use in each worker process (TensorFlow's or "

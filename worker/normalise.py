@@ -85,6 +85,7 @@ WIDE = 1.0  # a glyph at least as wide as tall may hold touching digits: it also
 APART_HEIGHT = 0.6  # ... and one whose ink paper divides at full size into parts this share of its height
 SLIVER = 0.06  # ... a part narrower than this share of its height is what is left of a line, not a digit
 OTHER_CUTS = 3  # in a form's field, a wide mark also comes cut into 2 .. this many digits
+FEW_MARKS = 12  # up to this many marks on a page, their areas are counted box by box
 _EIGHT_NEIGHBOURS = np.ones((3, 3), bool)  # diagonal steps join a stroke, as a pen draws them
 
 
@@ -490,7 +491,13 @@ class _Marks:
     @classmethod
     def of(cls, mask: np.ndarray) -> _Marks:
         labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
-        return cls(labels, ndimage.find_objects(labels), np.bincount(labels.ravel(), minlength=count + 1)[1:])
+        slices = ndimage.find_objects(labels)
+        if count <= FEW_MARKS:  # counted within each box: a few small boxes cost less than the whole page
+            areas = np.array([np.count_nonzero(labels[box] == index) for index, box in enumerate(slices, start=1)],
+                             dtype=np.intp)
+        else:
+            areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        return cls(labels, slices, areas)
 
     @property
     def count(self) -> int:
@@ -644,6 +651,8 @@ def _clear_borders(mask: np.ndarray) -> None:
     # photo, the wedge of a tilted scan), however short: a digit is not drawn flat against an edge.
     labels, _ = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
     for index, (rows, columns) in enumerate(ndimage.find_objects(labels), start=1):
+        if rows.start and columns.start and rows.stop < height and columns.stop < width:
+            continue  # touches no edge
         member = labels[rows, columns] == index
         sides = (  # (touches this edge, the member's line along it, its depth from it, the page's depth)
             (rows.start == 0, member[0], rows.stop - rows.start, height),
@@ -720,7 +729,7 @@ def _group(marks: _Marks, strong: np.ndarray, *, min_height: float
             cuts = _cut_columns(group[0], mark_wide, mark_wide, mark_tall)
             if cuts:
                 splits.append((len(boxes), cuts))
-    grouped = number_of[labels]
+    grouped = np.take(number_of, labels)  # a lookup: twice as fast as number_of[labels]
     pieces = {}
     for group, cuts in splits:
         found = _pieces(grouped, group, cuts, boxes[group - 1])
@@ -911,7 +920,7 @@ def _thin(found: np.ndarray, *, axis: int, run: int, ink: np.ndarray, reach: int
             band = slice(max(0, cols.start - reach), cols.stop + reach)
             covered = (ink[rows, band] & ~found[rows, band]).any(axis=1)
         keep[number] = not (covered[:BARE_END].all() and covered[-BARE_END:].all())
-    return keep[labels]
+    return np.take(keep, labels)
 
 
 def _line_remnants(marks: _Marks, lines: np.ndarray) -> np.ndarray:
