@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import PROJECT_ROOT
@@ -237,3 +238,50 @@ def test_claims_left_by_a_killed_watcher_are_sent_again_only_when_their_job_is_l
         == ["never sent.png"]
     watcher.resend_lost(later + service.ORPHAN_AFTER + 1)
     assert "fresh.png" in watcher.outbox  # its job never came either, so it goes out once its claim is old
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify")
+def test_moves_in_out_and_within_the_inbox_come_as_arrivals_departures_and_pairs(tmp_path):
+    import queue as queues
+
+    from watchdog.events import FileMovedEvent, FileSystemEventHandler
+
+    from watcher.observer import WATCHED_EVENTS, _native_observer
+
+    class Recorder(FileSystemEventHandler):
+        def __init__(self):
+            self.events = queues.SimpleQueue()
+
+        def on_any_event(self, event):
+            self.events.put(event)
+
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    inbox.mkdir()
+    outside.mkdir()
+    for number in range(200):  # many moves at once: a long queue, and each move still paired or not rightly
+        (outside / f"in-{number}.png").write_bytes(b"x")
+    (inbox / "out.png").write_bytes(b"x")
+    (inbox / "before.png").write_bytes(b"x")
+    recorder, observer = Recorder(), _native_observer()
+    observer.schedule(recorder, str(inbox), recursive=True, event_filter=WATCHED_EVENTS)
+    observer.start()
+    try:
+        (inbox / "out.png").rename(outside / "out.png")
+        for number in range(200):
+            (outside / f"in-{number}.png").rename(inbox / f"in-{number}.png")
+        (inbox / "before.png").rename(inbox / "after.png")
+        moves, deadline = [], time.monotonic() + 10
+        while len(moves) < 202 and time.monotonic() < deadline:
+            try:
+                event = recorder.events.get(timeout=0.5)
+            except queues.Empty:
+                continue
+            if isinstance(event, FileMovedEvent):
+                moves.append((Path(event.src_path).name if event.src_path else "",
+                               Path(event.dest_path).name if event.dest_path else ""))
+    finally:
+        observer.stop()
+        observer.join(timeout=5)
+    assert ("out.png", "") in moves  # moved out: a departure
+    assert sorted(moves).count(("", "in-0.png")) == 1 and sum(source == "" for source, _ in moves) == 200
+    assert ("before.png", "after.png") in moves  # renamed within: one move, both halves paired
