@@ -186,11 +186,13 @@ def load_models(settings):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from core import weights as weights_store
     from core.device import configure
-    from worker.holder import compile_predictor
+    from worker.holder import compile_predictor, settle_garbage_collector
 
     configure(settings.device, threads=settings.model_threads)  # as each worker process is configured
     model, version = weights_store.load(settings.weights)
-    return compile_predictor(model, version), model, version
+    predictor = compile_predictor(model, version)
+    settle_garbage_collector()  # as each worker does once its model is loaded
+    return predictor, model, version
 
 
 def benchmark(options: argparse.Namespace, pool, root: Path) -> int:
