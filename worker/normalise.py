@@ -490,7 +490,10 @@ class _Marks:
 
     @classmethod
     def of(cls, mask: np.ndarray) -> _Marks:
-        labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
+        return cls.labelled(*ndimage.label(mask, structure=_EIGHT_NEIGHBOURS))
+
+    @classmethod
+    def labelled(cls, labels: np.ndarray, count: int) -> _Marks:
         slices = ndimage.find_objects(labels)
         if count <= FEW_MARKS:  # counted within each box: a few small boxes cost less than the whole page
             areas = np.array([np.count_nonzero(labels[box] == index) for index, box in enumerate(slices, start=1)],
@@ -520,9 +523,8 @@ def _analyse(page_image: Image.Image) -> _Analysis | None:
     low = max(4.0 * sigma, 0.2 * contrast)
     high = max(NOISE_SIGMAS * sigma, 0.5 * contrast)
     mask = signal > low
-    _clear_borders(mask)
+    marks = _clear_borders(mask) or _Marks.of(mask)
     min_height = max(MIN_SIDE, MIN_GLYPH * min(width, height)) / factor
-    marks = _Marks.of(mask)
     lines = _take_out_lines(mask, marks, min_height=min_height, signal=signal, low=low)
     if lines.any():  # the mask lost its lines: its components changed
         marks = _Marks.of(mask)
@@ -628,11 +630,12 @@ def _contrast(signal: np.ndarray) -> float:
     return float(boxed.max() / 9.0)
 
 
-def _clear_borders(mask: np.ndarray) -> None:
-    """Scanner borders are lines along an edge that are mostly ink; a digit's stroke never starts there."""
+def _clear_borders(mask: np.ndarray) -> _Marks | None:
+    """Scanner borders are lines along an edge that are mostly ink; a digit's stroke never starts there.
+    Returns the marks of the mask where it was labelled for this and left as it was, else None."""
     height, width = mask.shape
     if not (mask[:2].any() or mask[-2:].any() or mask[:, :2].any() or mask[:, -2:].any()):
-        return  # no ink within a line of any edge, so no border (the usual page)
+        return None  # no ink within a line of any edge, so no border (the usual page)
     for axis, size in ((0, height), (1, width)):
         heavy = np.count_nonzero(mask, axis=1 - axis) > BORDER_FILL * mask.shape[1 - axis]  # per row or column
         depth = max(2, int(size * BORDER_DEPTH))
@@ -649,7 +652,8 @@ def _clear_borders(mask: np.ndarray) -> None:
             mask[(span, slice(None)) if axis == 0 else (slice(None), span)] = False
     # What lies flat against an edge, or in a corner, is the edge of the paper (the background of a
     # photo, the wedge of a tilted scan), however short: a digit is not drawn flat against an edge.
-    labels, _ = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
+    labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
+    cleared = False
     for index, (rows, columns) in enumerate(ndimage.find_objects(labels), start=1):
         if rows.start and columns.start and rows.stop < height and columns.stop < width:
             continue  # touches no edge
@@ -666,6 +670,8 @@ def _clear_borders(mask: np.ndarray) -> None:
         cornered = sum(touches and depth <= BORDER_DEPTH * page for touches, _, depth, page in sides) >= 2
         if flat or cornered:
             mask[rows, columns] &= ~member
+            cleared = True
+    return None if cleared else _Marks.labelled(labels, count)
 
 
 def _group(marks: _Marks, strong: np.ndarray, *, min_height: float
