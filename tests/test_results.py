@@ -1,5 +1,7 @@
 """Results files: confined paths, the result schema, atomic JSON, csv rows and never-overwriting moves."""
 
+import ctypes
+import errno
 import json
 import os
 import subprocess
@@ -89,6 +91,27 @@ def test_several_results_files_are_written_at_once_without_leftovers(tmp_path):
     with pytest.raises(TypeError):  # a result that cannot be written leaves no temporary file behind
         results.write_json_files([(tmp_path / "d.json", {"source": "d"}), (tmp_path / "e.json", {"bad": object()})])
     assert not [path for path in tmp_path.rglob(".tmp-*")] and not (tmp_path / "d.json").exists()
+
+
+def test_a_write_error_when_a_jobs_results_are_made_durable_replaces_nothing(tmp_path, monkeypatch):
+    targets = [tmp_path / f"{number}.png.json" for number in range(results.SYNCFS_FILES)]
+    results.write_json_files([(target, {"source": target.name, "first": True}) for target in targets])
+    assert all(json.loads(target.read_text())["first"] for target in targets)
+    calls = []
+
+    def failing_syncfs(fd):  # a disk error cannot be had here: syncfs reports one as -1 with EIO
+        calls.append(fd)
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    monkeypatch.setattr(results, "_syncfs", lambda: failing_syncfs)
+    with pytest.raises(OSError) as raised:
+        results.write_json_files([(target, {"source": target.name, "first": False}) for target in targets])
+    assert raised.value.errno == errno.EIO and len(calls) == 1  # one syncfs for the whole job
+    assert all(json.loads(target.read_text())["first"] for target in targets)  # the results stand as they were
+    assert not list(tmp_path.glob(".tmp-*"))
+    results.write_json_files([(targets[0], {"source": "alone"})])  # fewer files: each fsynced, no syncfs
+    assert len(calls) == 1 and json.loads(targets[0].read_text()) == {"source": "alone"}
 
 
 def test_csv_rows_are_appended_and_found_after_an_offset(tmp_path):
