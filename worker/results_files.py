@@ -81,9 +81,9 @@ def write_json_files(files: list[tuple[Path, dict[str, Any]]]) -> None:
     all renamed over their targets, then each folder fsynced, so a rename survives a power cut too.
 
     Made durable: each fsynced, or, for SYNCFS_FILES or more on Linux 5.8 and newer (where syncfs reports
-    write errors), all at once by one syncfs of their filesystem. An fsync each cost a busy worker more
-    CPU than writing the files; syncfs also flushes whatever else waits to be written to that
-    filesystem, which costs time, not safety, where other programs write heavily beside the results.
+    write errors), all at once by one syncfs of each filesystem they are on. An fsync each cost a busy
+    worker more CPU than writing the files; syncfs also flushes whatever else waits to be written to
+    that filesystem, which costs time, not safety, where other programs write heavily beside the results.
 
     Files are created with mode 666 less the process umask (DIGITS_UMASK), so whoever should read the
     results can.
@@ -102,7 +102,13 @@ def write_json_files(files: list[tuple[Path, dict[str, Any]]]) -> None:
             # One line, without indentation: the C encoder, four times cheaper than pretty-printing, which
             # is a `python -m json.tool` or `jq .` away.
             _write_all(fd, (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8"))
-        if len(open_files) < SYNCFS_FILES or not _sync_filesystem(open_files[0][0]):
+        if len(open_files) >= SYNCFS_FILES and _syncfs() is not None:
+            filesystems = {}  # one descriptor on each filesystem the files are on (a folder may be a mount)
+            for fd, _ in open_files:
+                filesystems.setdefault(os.fstat(fd).st_dev, fd)
+            for fd in filesystems.values():
+                _sync_filesystem(fd)
+        else:
             for fd, _ in open_files:
                 os.fsync(fd)
         while open_files:
@@ -123,29 +129,19 @@ def write_json_files(files: list[tuple[Path, dict[str, Any]]]) -> None:
 SYNCFS_FILES = 4  # a job writing this many results files makes them durable with one syncfs
 
 
-def _sync_filesystem(fd: int) -> bool:
-    """syncfs(2) of the filesystem holding fd; False where it cannot be trusted to report errors."""
-    syncfs = _syncfs()
-    if syncfs is None:
-        return False
-    if syncfs(fd) != 0:
+def _sync_filesystem(fd: int) -> None:
+    """syncfs(2) of the filesystem holding fd."""
+    if _syncfs()(fd) != 0:
         error = ctypes.get_errno()
         raise OSError(error, os.strerror(error))
-    return True
 
 
 @functools.lru_cache(maxsize=1)
 def _syncfs():
     # syncfs reports writeback errors only since Linux 5.8; before, it returned 0 whatever happened.
-    if not sys.platform.startswith("linux") or _kernel_version() < (5, 8):
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = (ctypes.c_int,)
-    function.restype = ctypes.c_int
-    return function
+    if sys.platform.startswith("linux") and _kernel_version() >= (5, 8):
+        return _libc_function("syncfs", ctypes.c_int)
+    return None
 
 
 def _kernel_version() -> tuple[int, ...]:
@@ -365,13 +361,19 @@ def _rename_no_replace(original: Path, candidate: Path) -> bool | None:
 @functools.lru_cache(maxsize=1)
 def _renameat2():
     # One system call and one inotify event (a move) instead of link + unlink (attribute change + delete).
-    if not sys.platform.startswith("linux"):
-        return None
+    if sys.platform.startswith("linux"):
+        return _libc_function("renameat2", ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                              ctypes.c_uint)
+    return None
+
+
+def _libc_function(name: str, *argument_types):
+    """The C library's function `name` (returning an int, errno kept for ctypes.get_errno), or None."""
     try:
-        function = ctypes.CDLL(None, use_errno=True).renameat2
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    function.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    function.argtypes = argument_types
     function.restype = ctypes.c_int
     return function
 
