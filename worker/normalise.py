@@ -490,11 +490,13 @@ class _Marks:
 
     @classmethod
     def of(cls, mask: np.ndarray) -> _Marks:
-        return cls.labelled(*ndimage.label(mask, structure=_EIGHT_NEIGHBOURS))
+        labels, _ = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
+        return cls.labelled(labels, ndimage.find_objects(labels))
 
     @classmethod
-    def labelled(cls, labels: np.ndarray, count: int) -> _Marks:
-        slices = ndimage.find_objects(labels)
+    def labelled(cls, labels: np.ndarray, slices: list[tuple[slice, slice]]) -> _Marks:
+        """The marks of a labelling and its boxes (ndimage.find_objects)."""
+        count = len(slices)
         if count <= FEW_MARKS:  # counted within each box: a few small boxes cost less than the whole page
             areas = np.array([np.count_nonzero(labels[box] == index) for index, box in enumerate(slices, start=1)],
                              dtype=np.intp)
@@ -652,9 +654,10 @@ def _clear_borders(mask: np.ndarray) -> _Marks | None:
             mask[(span, slice(None)) if axis == 0 else (slice(None), span)] = False
     # What lies flat against an edge, or in a corner, is the edge of the paper (the background of a
     # photo, the wedge of a tilted scan), however short: a digit is not drawn flat against an edge.
-    labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
+    labels, _ = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
+    slices = ndimage.find_objects(labels)
     cleared = False
-    for index, (rows, columns) in enumerate(ndimage.find_objects(labels), start=1):
+    for index, (rows, columns) in enumerate(slices, start=1):
         if rows.start and columns.start and rows.stop < height and columns.stop < width:
             continue  # touches no edge
         member = labels[rows, columns] == index
@@ -671,7 +674,7 @@ def _clear_borders(mask: np.ndarray) -> _Marks | None:
         if flat or cornered:
             mask[rows, columns] &= ~member
             cleared = True
-    return None if cleared else _Marks.labelled(labels, count)
+    return None if cleared else _Marks.labelled(labels, slices)
 
 
 def _group(marks: _Marks, strong: np.ndarray, *, min_height: float
