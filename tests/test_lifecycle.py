@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -155,3 +159,32 @@ def test_the_shipped_card_holds_the_gate_figures():
     version = weights_store.current_version(PROJECT_ROOT / "weights")
     card = weights_store.check_complete(PROJECT_ROOT / "weights" / version, version)
     assert card["evaluation"]["mnist_test"] >= 0.995 and card["evaluation"]["scans"] >= 0.99
+
+
+def test_the_loaded_model_is_kept_from_the_garbage_collector_also_after_a_new_version(tmp_path):
+    # In a process of its own: TensorFlow loads there, as in a worker.
+    weights = tmp_path / "weights"
+    shutil.copytree(PROJECT_ROOT / "weights", weights)
+    code = f"""
+import gc
+from pathlib import Path
+from core import weights as store
+from core.device import configure
+from worker.holder import ModelHolder
+configure("cpu", threads=1)
+weights = Path({str(weights)!r})
+versions = sorted(path.name for path in weights.iterdir() if (path / "model.keras").exists())
+holder = ModelHolder(weights, reload_interval=3600)
+holder.load_initial()
+print("frozen", gc.get_freeze_count())
+store.point_to(weights, next(version for version in versions if version != holder.current.version))
+print("switched", holder.check_once())
+print("frozen again", gc.get_freeze_count())
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
+    lines = dict(line.rsplit(" ", 1) for line in done.stdout.splitlines()
+                 if line.startswith(("frozen ", "switched ", "frozen again ")))
+    assert int(lines.get("frozen", "0")) > 100_000, done.stdout + done.stderr  # TensorFlow's objects, not walked again
+    assert lines.get("switched") == "True", done.stdout + done.stderr
+    assert int(lines.get("frozen again", "0")) > 100_000, done.stdout + done.stderr

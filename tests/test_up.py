@@ -179,6 +179,7 @@ def test_a_service_whose_digits_up_died_exits_even_when_its_own_shutdown_hangs(t
     log_path = tmp_path / "service.log"
     parent = subprocess.Popen([sys.executable, "-c", supervisor, service, str(log_path)],
                               stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    pid = 0
     try:
         pid = int(parent.stdout.readline())
         wait_until(lambda: "guarded" in log_path.read_text(), timeout=30, message="the service to start")
@@ -190,7 +191,7 @@ def test_a_service_whose_digits_up_died_exits_even_when_its_own_shutdown_hangs(t
         wait_until(lambda: not alive(pid), timeout=15, message="the orphaned service to exit")
     finally:
         parent.kill()
-        if alive(pid := locals().get("pid", 0)):
+        if pid and alive(pid):
             os.kill(pid, signal.SIGKILL)
 
 

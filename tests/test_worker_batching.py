@@ -102,38 +102,3 @@ def test_a_failing_model_call_fails_its_requests_and_the_batcher_keeps_serving()
     finally:
         batcher.stop()
 
-
-def test_the_loaded_model_is_kept_from_the_garbage_collector_also_after_a_new_version(tmp_path):
-    # In a process of its own: TensorFlow loads there, as in a worker.
-    import os
-    import shutil
-    import subprocess
-    import sys
-
-    from conftest import PROJECT_ROOT
-
-    weights = tmp_path / "weights"
-    shutil.copytree(PROJECT_ROOT / "weights", weights)
-    code = f"""
-import gc
-from pathlib import Path
-from core import weights as store
-from core.device import configure
-from worker.holder import ModelHolder
-configure("cpu", threads=1)
-weights = Path({str(weights)!r})
-versions = sorted(path.name for path in weights.iterdir() if (path / "model.keras").exists())
-holder = ModelHolder(weights, reload_interval=3600)
-holder.load_initial()
-print("frozen", gc.get_freeze_count())
-store.point_to(weights, next(version for version in versions if version != holder.current.version))
-print("switched", holder.check_once())
-print("frozen again", gc.get_freeze_count())
-"""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
-    lines = dict(line.rsplit(" ", 1) for line in done.stdout.splitlines()
-                 if line.startswith(("frozen ", "switched ", "frozen again ")))
-    assert int(lines.get("frozen", "0")) > 100_000, done.stdout + done.stderr  # TensorFlow's objects, not walked again
-    assert lines.get("switched") == "True", done.stdout + done.stderr
-    assert int(lines.get("frozen again", "0")) > 100_000, done.stdout + done.stderr
