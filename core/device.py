@@ -40,6 +40,11 @@ def import_tensorflow():
         return sys.modules["tensorflow"]
     sys.stderr.flush()
     saved = os.dup(2)
+    # TensorFlow's TFLite helpers import JAX wherever it is installed (for a converter we never use): 130 MiB
+    # more in each TensorFlow process. It is kept out while TensorFlow loads; `import jax` works afterwards.
+    keep_out_jax = "jax" not in sys.modules
+    if keep_out_jax:
+        sys.modules["jax"] = None
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
@@ -47,6 +52,8 @@ def import_tensorflow():
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+            if keep_out_jax and sys.modules.get("jax", False) is None:
+                del sys.modules["jax"]
         captured.seek(0)
         kept = [line for line in captured.read().decode("utf-8", "replace").splitlines(keepends=True)
                 if not _LOAD_NOTICE.match(line)]

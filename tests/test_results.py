@@ -167,6 +167,9 @@ def test_move_aside_never_overwrites(tmp_path):
     os.symlink("/etc/hostname", second)
     moved = results.move_aside(second, processed, "sub/b.png")
     assert moved.is_symlink() and not second.exists() and not second.is_symlink()
+    with pytest.raises(FileNotFoundError):  # an original gone meanwhile: an error, and no folder made for it
+        results.move_aside(inbox / "gone.png", processed, "other/gone.png")
+    assert not (processed / "other").exists()
 
 
 @pytest.mark.parametrize("name", ['=HYPERLINK("http://x","a").png', "+1.png", "-2.png", "@sum.png", "\tx.png"])

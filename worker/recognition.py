@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -40,6 +41,19 @@ def prepare(data: bytes, settings, template=None) -> Pending:
     glyphs = images_of(pages)
     images = np.stack(glyphs).astype(np.float32) if glyphs else np.zeros((0, *GLYPH_SHAPE), dtype=np.float32)
     return Pending(pages=list(pages), images=images)
+
+
+def warm_up(settings) -> None:
+    """Read one small generated page, so that loading the reader (scipy.ndimage, Pillow's formats) and its
+    first calls happen before the worker takes jobs, not in its first job."""
+    from PIL import Image, ImageDraw
+
+    Image.init()
+    page = Image.new("L", (120, 80), 255)
+    ImageDraw.Draw(page).line([(60, 15), (60, 65)], fill=0, width=6)
+    buffer = io.BytesIO()
+    page.save(buffer, "PNG")
+    prepare(buffer.getvalue(), settings)
 
 
 def submit(batcher: Batcher, pending: list[Pending]) -> None:

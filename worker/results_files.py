@@ -312,9 +312,18 @@ def has_row(sheet: Sheet | Path, *, offset: int, job: str, source: str) -> bool:
 
 def move_aside(original: Path, destination_root: Path, relative: str) -> Path:
     """Move an original to destination_root/relative, never overwriting: a taken name gets a -1, -2... suffix."""
-    destination_root.mkdir(parents=True, exist_ok=True)
     target = confined(destination_root, relative)
+    try:
+        return _move_to_free_name(original, target)
+    except FileNotFoundError:
+        if not os.path.lexists(original):
+            raise
+    # Its folder is missing (made only now: looking for it before every move cost more than the move).
     target.parent.mkdir(parents=True, exist_ok=True)
+    return _move_to_free_name(original, target)
+
+
+def _move_to_free_name(original: Path, target: Path) -> Path:
     for candidate in _candidates(target):
         moved = _rename_no_replace(original, candidate)
         if moved:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.settings import Settings
+from worker import recognition
 from worker.batching import Batcher, Stats
 from worker.fields import TemplateShelf
 from worker.holder import ModelHolder
@@ -64,6 +65,7 @@ def start() -> Runtime:
         if current.umask:
             os.umask(int(current.umask, 8))  # results files and moved originals follow it
         device = configure(current.device, threads=current.model_threads)
+        recognition.warm_up(current)  # before the model, whose loading freezes what is loaded by then for the gc
         holder = ModelHolder(current.weights, reload_interval=current.reload_interval)
         predictor = holder.load_initial()
         batcher = Batcher(lambda: holder.current, batch_size=current.batch_size,
