@@ -71,6 +71,8 @@ def machine() -> str:
 
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
+    if not ordered:  # --latency 0
+        return float("nan")
     return ordered[min(len(ordered) - 1, max(0, round(share * (len(ordered) - 1))))]
 
 
