@@ -38,3 +38,19 @@ def test_the_worker_runtime_gives_tensorflow_that_many_threads():
     done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
                           timeout=120, env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0 and done.stdout.split() == ["1", "1"], done.stderr
+
+
+def test_a_tensorflow_worker_does_not_load_jax_yet_jax_still_imports():
+    # TensorFlow's TFLite helpers import JAX wherever it is installed: 130 MiB more in each worker.
+    pytest.importorskip("jax")
+    script = ("import sys\n"
+              "from core.device import configure\n"
+              "configure('cpu', threads=1, backend_name='tensorflow')\n"
+              "import keras\n"
+              "print('jax' in sys.modules)\n"
+              "import jax\n"
+              "print(jax.numpy.add(1, 2))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=120, env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "3"], done.stdout
