@@ -7,6 +7,7 @@ watcher and the command line all read it from here.
 from __future__ import annotations
 
 import json
+import statistics
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
@@ -48,6 +49,7 @@ TOP_ALTERNATIVES = 3
 DIGIT_CLASSES = 10  # a model's first ten outputs are the digits; an eleventh says "not a digit"
 DOUBTFUL_REJECTION = 0.3  # a glyph left out as "not a digit" with a digit this likely flags its number
 TALL_REJECTION = 0.75  # ... and so is one left out that is this share of the number's tallest digit or more
+SMALL_DIGIT = 0.5  # a digit under this share of the median height of its number's digits (3 or more) flags it
 RESULT_FIELDS = ("source", "status", "digits", "confidence", "review", "error", "model", "sha256", "pages", "details",
                  "processed_at", "worker", "job")
 
@@ -141,7 +143,8 @@ def digit_details(probabilities, boxes: Sequence[Sequence[int]], *, page: int, c
 def number_result(details: list[dict[str, Any]], *, review_below: float) -> dict[str, Any] | None:
     """A number from its glyphs' details: glyphs more likely "not a digit" than any digit leave it (None when
     none is left). Flagged for review when its confidence (the lowest digit's) is below review_below, or when
-    a glyph left out was nearly a digit, stood between its digits or was nearly as tall as they are."""
+    a glyph left out was nearly a digit, stood between its digits or was nearly as tall as they are, or when
+    one of its digits is far smaller than the others."""
     kept = [detail for detail in details if detail["confidence"] >= detail["not_a_digit"]]
     if not kept:
         return None
@@ -152,6 +155,10 @@ def number_result(details: list[dict[str, Any]], *, review_below: float) -> dict
     doubtful = any(detail["confidence"] >= DOUBTFUL_REJECTION or first < index < last
                    or detail["box"][3] - detail["box"][1] >= TALL_REJECTION * tallest
                    for index, detail in enumerate(details) if detail not in kept)
+    # A digit far smaller than the others inside a number is more likely a fragment of a stroke or a speck
+    # read as a 1 than a digit (the ends lose such marks before: recognition._without_stray_ends).
+    heights = [detail["box"][3] - detail["box"][1] for detail in kept]
+    doubtful = doubtful or (len(kept) >= 3 and min(heights) < SMALL_DIGIT * statistics.median(heights))
     confidence = min(detail["confidence"] for detail in kept)
     left, top = min(d["box"][0] for d in kept), min(d["box"][1] for d in kept)
     right, bottom = max(d["box"][2] for d in kept), max(d["box"][3] for d in kept)

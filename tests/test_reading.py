@@ -142,6 +142,16 @@ def test_a_much_smaller_or_taller_mark_at_a_numbers_end_is_not_one_of_its_digits
     assert numbers_read(*page_of((0, side))) == [("51", False)]  # a box's side, twice their height
 
 
+def test_a_number_in_small_print_beside_handwriting_is_left_out():
+    # A form's printed "No. 6945", 25 px tall, its label too small to be looked at, above a handwritten 6606.
+    printed = [(digit, (400 + i * 20, 10, 416 + i * 20, 35)) for i, digit in enumerate("6945")]
+    written = [(digit, (100 + i * 70, 200, 160 + i * 70, 290)) for i, digit in enumerate("6606")]
+    assert numbers_read(*page_of((0, printed), (1, written))) == [("6606", False)]
+    # Two handwritten numbers, one two thirds as tall as the other: both stay.
+    smaller = [(digit, (100 + i * 50, 400, 140 + i * 50, 460)) for i, digit in enumerate("27")]
+    assert numbers_read(*page_of((1, written), (2, smaller))) == [("6606", False), ("27", False)]
+
+
 def test_handwriting_on_a_line_without_words_is_kept_whole_when_some_digits_are_small():
     # A form's title and a label below the box ("Formy: ____") in print 45 px tall, alone on their lines;
     # the handwritten 0149 in the box has a 0 and a 1 no taller than that print would allow for figures,

@@ -74,6 +74,16 @@ def test_a_glyph_left_out_that_was_nearly_a_digit_flags_its_number():
     assert number["digits"] == "1" and number["review"]
 
 
+def test_a_digit_far_smaller_than_the_others_flags_its_number():
+    sure = [[0.0] * 3 + [1.0] + [0.0] * 7, [0.0] * 4 + [1.0] + [0.0] * 6]  # a 3 and a 4, each at 1.0
+    boxes = [(0, 0, 30, 50), (40, 0, 70, 50), (75, 30, 80, 45), (85, 0, 115, 50)]
+    number = protocol.number_result(protocol.digit_details(np.array(sure * 2), boxes, page=0), review_below=0.9)
+    assert number["digits"] == "3434" and number["confidence"] == 1.0 and number["review"]  # a 15 px tall "4"
+    boxes[2] = (75, 5, 100, 45)
+    number = protocol.number_result(protocol.digit_details(np.array(sure * 2), boxes, page=0), review_below=0.9)
+    assert not number["review"]
+
+
 def test_write_json_is_atomic_and_utf8(tmp_path):
     target = tmp_path / "deep" / "scan ü.png.json"
     results.write_json_files([(target, {"source": "scan ü.png"})])

@@ -161,7 +161,7 @@ def read(pages: list, probabilities: np.ndarray, *, source: str, model: str | No
                                             review_below=review_below)
             if number is not None:
                 numbers.append(number)
-        results.append(protocol.page_result(page.index, numbers))
+        results.append(protocol.page_result(page.index, _without_print_sized(numbers)))
     return protocol.result(source, pages=results, model=model, sha256=sha256, worker=worker, job=job)
 
 
@@ -282,6 +282,17 @@ def _without_stray_ends(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
         stop -= 1
     # Rejected marks outside stay: they leave the number in protocol.number_result, which flags it when due.
     return [detail for index, detail in enumerate(details) if start <= index < stop or _rejected(detail)]
+
+
+def _without_print_sized(numbers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Leave out numbers under SMALL times as tall as the page's tallest (by the median height of their
+    digits): the figures of small print beside handwriting (a form's "No. 6945", what is left of a label
+    whose letters were too small to look at), which one hand does not write at half the size of its other
+    numbers on the same page."""
+    if len(numbers) < 2:
+        return numbers
+    heights = [float(np.median([_height(detail) for detail in number["details"]])) for number in numbers]
+    return [number for number, height in zip(numbers, heights) if height >= SMALL * max(heights)]
 
 
 def glyph_images(pending: Pending) -> dict[tuple[int, ...], np.ndarray]:
