@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from core import protocol
-from core.errors import Transient
+from core.errors import BadInput, Transient
 from core.weights import GLYPH_SHAPE
 from worker.batching import Batcher
 
@@ -53,7 +53,10 @@ def warm_up(settings) -> None:
     ImageDraw.Draw(page).line([(60, 15), (60, 65)], fill=0, width=6)
     buffer = io.BytesIO()
     page.save(buffer, "PNG")
-    prepare(buffer.getvalue(), settings)
+    try:
+        prepare(buffer.getvalue(), settings)
+    except BadInput:  # limits set below even this page: the reader is loaded all the same
+        pass
 
 
 def submit(batcher: Batcher, pending: list[Pending]) -> None:
