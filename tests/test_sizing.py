@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-from conftest import PROJECT_ROOT
+from conftest import printed_by
 
 from core import settings as settings_module
 from core.settings import Settings
@@ -27,14 +24,6 @@ def test_tensorflow_threads_share_the_cores_among_worker_processes(monkeypatch, 
     assert (chosen.worker_processes, chosen.model_threads) == (processes, tf_threads)
     assert chosen.worker_processes * chosen.model_threads <= max(cores, processes)
     assert Settings(workers=workers, tf_threads=3).model_threads == 3  # DIGITS_TF_THREADS wins
-
-
-def printed_by(script: str) -> list[str]:
-    """What a fresh Python process running script prints, word by word (on the CPU)."""
-    done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          timeout=120, env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"})
-    assert done.returncode == 0, done.stderr
-    return done.stdout.split()
 
 
 def test_the_worker_runtime_gives_tensorflow_that_many_threads():

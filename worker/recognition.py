@@ -152,7 +152,7 @@ def read(pages: list, probabilities: np.ndarray, *, source: str, model: str | No
             found.append((number.line, wholes, readings))
         if lengths is not None:
             _to_length([readings for _, _, readings in found], lengths[position])
-        numbers = []
+        numbers, lines = [], []
         # Printed words are judged whole (a word cut into pieces can look like weak digits), by text line,
         # and where a line holds no words, by the printed text of the whole page.
         page_text = _printed_text([whole for _, wholes, _ in found for whole in wholes], band=False)
@@ -164,7 +164,10 @@ def read(pages: list, probabilities: np.ndarray, *, source: str, model: str | No
                                             review_below=review_below)
             if number is not None:
                 numbers.append(number)
-        results.append(protocol.page_result(page.index, _without_print_sized(numbers)))
+                lines.append(line)
+        if lengths is None:  # a form field's region holds its own handwriting, not the page's print
+            numbers = _without_print_sized(numbers, lines)
+        results.append(protocol.page_result(page.index, numbers))
     return protocol.result(source, pages=results, model=model, sha256=sha256, worker=worker, job=job)
 
 
@@ -287,15 +290,24 @@ def _without_stray_ends(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [detail for index, detail in enumerate(details) if start <= index < stop or _rejected(detail)]
 
 
-def _without_print_sized(numbers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Leave out numbers under SMALL times as tall as the page's tallest (by the median height of their
-    digits): the figures of small print beside handwriting (a form's "No. 6945", what is left of a label
-    whose letters were too small to look at), which one hand does not write at half the size of its other
-    numbers on the same page."""
-    if len(numbers) < 2:
-        return numbers
+def _without_print_sized(numbers: list[dict[str, Any]], lines: list[int]) -> list[dict[str, Any]]:
+    """Numbers under SMALL times as tall as the page's tallest handwritten number (by the median height of
+    their digits; one of two digits or more, not flagged, so that a lone bar or a box's side is never the
+    measure) are small print: on a text line of their own (a form's "No. 6945") they are left out; on that
+    number's line (what is left of a label, or cents written small) they stay, flagged for review."""
     heights = [float(np.median([_height(detail) for detail in number["details"]])) for number in numbers]
-    return [number for number, height in zip(numbers, heights) if height >= SMALL * max(heights)]
+    measures = [index for index, number in enumerate(numbers) if len(number["details"]) >= 2 and not number["review"]]
+    if len(numbers) < 2 or not measures:
+        return numbers
+    tallest = max(measures, key=lambda index: heights[index])
+    kept = []
+    for number, height, line in zip(numbers, heights, lines):
+        if height < SMALL * heights[tallest]:
+            if line != lines[tallest]:
+                continue
+            number["review"] = True
+        kept.append(number)
+    return kept
 
 
 def glyph_images(pending: Pending) -> dict[tuple[int, ...], np.ndarray]:

@@ -316,7 +316,7 @@ def move_aside(original: Path, destination_root: Path, relative: str) -> Path:
     try:
         return _move_to_free_name(original, target)
     except FileNotFoundError:
-        if not os.path.lexists(original):
+        if target.parent.is_dir() or not os.path.lexists(original):
             raise
     # Its folder is missing (made only now: looking for it before every move cost more than the move).
     target.parent.mkdir(parents=True, exist_ok=True)
