@@ -113,7 +113,7 @@ def finish(pending: Pending, *, source: str, sha256: str, worker: str, job: str 
 
 TEXT_MARKS = 2  # printed characters the model rejects on a text line (or a page): it holds printed words
 TEXT_HEIGHT = 1.5  # digits no taller than this times the median printed mark beside them are printed figures
-SMALL = 0.5  # a mark at a number's end under this share of the height of its digits is not one of them
+SMALL = protocol.SMALL_DIGIT  # a mark at a number's end under this share of the height of its digits is not one
 TALL = 1.6  # ... nor one over this many times their height (a box's side, a margin)
 BAND_SLACK = 0.35  # ... when they keep within the rows of those marks, give or take this share of their height
 PRIOR_SPAN = 0.2  # marks this much wider than tall (and more) are as likely two digits as one
@@ -295,10 +295,10 @@ def _without_print_sized(numbers: list[dict[str, Any]], lines: list[int]) -> lis
     their digits; one of two digits or more, not flagged, so that a lone bar or a box's side is never the
     measure) are small print: on a text line of their own (a form's "No. 6945") they are left out; on that
     number's line (what is left of a label, or cents written small) they stay, flagged for review."""
-    heights = [float(np.median([_height(detail) for detail in number["details"]])) for number in numbers]
     measures = [index for index, number in enumerate(numbers) if len(number["details"]) >= 2 and not number["review"]]
     if len(numbers) < 2 or not measures:
         return numbers
+    heights = [float(np.median([_height(detail) for detail in number["details"]])) for number in numbers]
     tallest = max(measures, key=lambda index: heights[index])
     kept = []
     for number, height, line in zip(numbers, heights, lines):
