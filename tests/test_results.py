@@ -84,7 +84,18 @@ def test_a_digit_far_smaller_than_the_others_flags_its_number():
     assert not number["review"]
 
 
-def test_write_json_is_atomic_and_utf8(tmp_path):
+@pytest.fixture(params=["unnamed files", "temporary names"])
+def file_creation(request, monkeypatch):
+    """Results files both ways: unnamed files named when durable (Linux), or temporary names renamed."""
+    if request.param == "unnamed files":
+        if results._linkat() is None:
+            pytest.skip("no unnamed files (O_TMPFILE) on this system")
+    else:
+        monkeypatch.setattr(results, "_linkat", lambda: None)
+    return request.param
+
+
+def test_write_json_is_atomic_and_utf8(tmp_path, file_creation):
     target = tmp_path / "deep" / "scan ü.png.json"
     results.write_json_files([(target, {"source": "scan ü.png"})])
     results.write_json_files([(target, {"source": "scan ü.png", "second": True})])
@@ -92,7 +103,7 @@ def test_write_json_is_atomic_and_utf8(tmp_path):
     assert [path.name for path in target.parent.iterdir()] == [target.name]
 
 
-def test_several_results_files_are_written_at_once_without_leftovers(tmp_path):
+def test_several_results_files_are_written_at_once_without_leftovers(tmp_path, file_creation):
     targets = [tmp_path / "a.png.json", tmp_path / "2026" / "b.png.json", tmp_path / "2026" / "c ü.png.json"]
     results.write_json_files([(target, {"source": target.name}) for target in targets])
     assert [json.loads(target.read_text(encoding="utf-8")) for target in targets] == [
@@ -103,7 +114,7 @@ def test_several_results_files_are_written_at_once_without_leftovers(tmp_path):
     assert not [path for path in tmp_path.rglob(".tmp-*")] and not (tmp_path / "d.json").exists()
 
 
-def test_a_write_error_when_a_jobs_results_are_made_durable_replaces_nothing(tmp_path, monkeypatch):
+def test_a_write_error_when_a_jobs_results_are_made_durable_replaces_nothing(tmp_path, monkeypatch, file_creation):
     targets = [tmp_path / f"{number}.png.json" for number in range(results.SYNCFS_FILES)]
     results.write_json_files([(target, {"source": target.name, "first": True}) for target in targets])
     assert all(json.loads(target.read_text())["first"] for target in targets)
@@ -119,7 +130,7 @@ def test_a_write_error_when_a_jobs_results_are_made_durable_replaces_nothing(tmp
         results.write_json_files([(target, {"source": target.name, "first": False}) for target in targets])
     assert raised.value.errno == errno.EIO and len(calls) == 1  # one syncfs for the whole job
     assert all(json.loads(target.read_text())["first"] for target in targets)  # the results stand as they were
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert sorted(tmp_path.iterdir()) == sorted(targets)  # no temporary file left behind
     results.write_json_files([(targets[0], {"source": "alone"})])  # fewer files: each fsynced, no syncfs
     assert len(calls) == 1 and json.loads(targets[0].read_text()) == {"source": "alone"}
 
