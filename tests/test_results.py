@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import csv_rows
 
-from core import protocol
+from core import files, protocol
 from core.errors import UnsafePath
 from worker import results_files as results
 
@@ -201,3 +201,16 @@ def test_a_name_a_spreadsheet_would_run_is_written_as_text(tmp_path, name):
     (row,) = csv_rows(path)
     assert row["source"] == "'" + name and result["source"] == name
     assert results.has_row(path, offset=0, job="job-1", source=name)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, files.CHUNK_BYTES - 1, files.CHUNK_BYTES, 3 * files.CHUNK_BYTES + 5])
+def test_files_are_read_whole_by_their_descriptor(tmp_path, size):
+    data = os.urandom(size)
+    (tmp_path / "scan.png").write_bytes(data)
+    for stated in (size, max(0, size - 10)):  # its size when looked at, or smaller: it grew since
+        descriptor = os.open(tmp_path / "scan.png", os.O_RDONLY)
+        try:
+            chunks = list(files.read_chunks(descriptor, stated))
+        finally:
+            os.close(descriptor)
+        assert b"".join(chunks) == data and all(len(chunk) <= files.CHUNK_BYTES for chunk in chunks)

@@ -8,7 +8,8 @@ import stat
 from pathlib import Path
 from typing import NamedTuple
 
-CHUNK_BYTES = 1 << 20
+from core.files import read_chunks
+
 
 
 class Fingerprint(NamedTuple):
@@ -43,15 +44,17 @@ def regular_fingerprint(path: Path) -> Fingerprint:
 def sha256_of(path: Path) -> tuple[str, Fingerprint]:
     """Hash a regular file in chunks; FileChanged when it changed meanwhile, NotRegular for anything else."""
     # O_NOFOLLOW and O_NONBLOCK: a symlink or FIFO swapped in after the check neither escapes nor blocks us.
-    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    with os.fdopen(descriptor, "rb") as handle:
+    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
         before = os.fstat(descriptor)
         if not stat.S_ISREG(before.st_mode):
             raise NotRegular(path)
         digest = hashlib.sha256()
-        while chunk := handle.read(CHUNK_BYTES):
+        for chunk in read_chunks(descriptor, before.st_size):
             digest.update(chunk)
         after = fingerprint_of(os.fstat(descriptor))
+    finally:
+        os.close(descriptor)
     if after != fingerprint_of(before):
         raise FileChanged(path)
     return digest.hexdigest(), after

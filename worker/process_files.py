@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core import ledger, protocol
+from core.files import read_chunks
 from core.errors import BadInput, ImageTooLarge, NotAnImage, UnsafePath
 from core.settings import Settings
 from core.templates import Template, TemplateError
@@ -177,16 +178,19 @@ def _read_if_current(entry: InboxFile, *, max_bytes: int) -> bytes | None:
     """The file's bytes when it still holds the content the job names; None when the job is stale."""
     try:
         # O_NONBLOCK: opening a FIFO dropped into the inbox must not hang the worker.
-        with os.fdopen(os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
-            info = os.fstat(handle.fileno())
+        descriptor = os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            info = os.fstat(descriptor)
             if not stat.S_ISREG(info.st_mode):
                 raise NotAnImage("not a regular file")
             digest, chunks, size = hashlib.sha256(), [], 0
-            while chunk := handle.read(1 << 20):
+            for chunk in read_chunks(descriptor, info.st_size):
                 digest.update(chunk)
                 size += len(chunk)
                 if size <= max_bytes:
                     chunks.append(chunk)
+        finally:
+            os.close(descriptor)
     except (FileNotFoundError, NotADirectoryError):
         entry.missing = True
         return None

@@ -109,9 +109,11 @@ def write_json_files(files: list[tuple[Path, dict[str, Any]]]) -> None:
             _write_all(open_files[-1][0], (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n")
                        .encode("utf-8"))
         if len(open_files) >= SYNCFS_FILES and _syncfs() is not None:
-            filesystems = {}  # one descriptor on each filesystem the files are on (a folder may be a mount)
-            for fd, _ in open_files:
-                filesystems.setdefault(os.fstat(fd).st_dev, fd)
+            # One descriptor on each filesystem the files are on (a folder may be a mount point).
+            devices = {folder: os.stat(folder).st_dev for folder in folders}
+            filesystems = {}
+            for (fd, _), path in zip(open_files, targets):
+                filesystems.setdefault(devices[path.parent], fd)
             for fd in filesystems.values():
                 _sync_filesystem(fd)
         else:
