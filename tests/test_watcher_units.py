@@ -285,3 +285,49 @@ def test_moves_in_out_and_within_the_inbox_come_as_arrivals_departures_and_pairs
     assert ("out.png", "") in moves  # moved out: a departure
     assert sorted(moves).count(("", "in-0.png")) == 1 and sum(source == "" for source, _ in moves) == 200
     assert ("before.png", "after.png") in moves  # renamed within: one move, both halves paired
+
+
+def test_a_claim_is_released_a_while_after_its_file_left_or_at_once_when_the_file_is_back(tmp_path, redis_server,
+                                                                                          redis_client):
+    """A file a worker moved out is forgotten by that worker a moment later: the watcher releases what is
+    left of its claim only after RELEASE_AFTER. The same content dropped again at once is queued again."""
+    from core import protocol
+    from watcher import service
+    from watcher.enqueue import JobSender, connect_redis
+    from watcher.observer import Notice
+    from watcher.service import Watcher
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    settings = Settings(inbox=inbox, results=tmp_path / "results", broker_url=redis_server.url, queue_wait_ms=0)
+    watcher = Watcher(settings, inbox=inbox, client=connect_redis(redis_server.url),
+                      sender=JobSender(redis_server.url))
+
+    def queue_what_is_due(now: float) -> None:
+        for relative, fingerprint in watcher.tracker.due(now, watcher._current_fingerprint):
+            watcher._hash(relative, fingerprint, now=now)
+        watcher.outbox.flush(now, force=True)
+
+    for name in ("moved.png", "again.png"):
+        (inbox / name).write_bytes(b"content of " + name.encode())
+    watcher.rescan(0.0)
+    queue_what_is_due(settings.ready_delay + 0.1)
+    assert redis_client.llen(protocol.QUEUE) == 1 and all(ledger.lookup(redis_client, ["moved.png", "again.png"]))
+
+    now = 10.0
+    for name in ("moved.png", "again.png"):
+        (inbox / name).unlink()  # deleted before any worker took them: their job is stale
+        watcher.handle(Notice.GONE, str(inbox / name), now=now)
+    watcher._release_left(now + service.RELEASE_AFTER / 2)
+    assert all(ledger.lookup(redis_client, ["moved.png", "again.png"]))  # not yet
+
+    (inbox / "again.png").write_bytes(b"content of again.png")  # the same content, back at once
+    watcher.handle(Notice.ARRIVED, str(inbox / "again.png"), now=now + 1)
+    watcher._release_left(now + 1)
+    assert ledger.lookup(redis_client, ["moved.png", "again.png"])[1] is None  # released at once
+    queue_what_is_due(now + 1)
+    assert redis_client.llen(protocol.QUEUE) == 2 and ledger.lookup(redis_client, ["again.png"])[0] is not None
+
+    watcher._release_left(now + service.RELEASE_AFTER)
+    assert ledger.lookup(redis_client, ["moved.png"])[0] is None  # released once its wait was over
+    assert ledger.lookup(redis_client, ["again.png"])[0] is not None  # the new drop keeps its claim

@@ -34,6 +34,11 @@ HASHES_PER_STEP = 256  # then send and look at events again: a burst neither del
 LOOKUP_CHUNK = 1000
 
 
+# A file a worker moved out of the inbox is forgotten by that worker a moment later: the watcher waits this
+# long before it releases the claim itself, so that it mostly finds nothing left to release (one lookup for
+# many files instead of a compare-and-delete each). Deleted or moved away by anyone else, a file's claim is
+# released after the same wait, or at once when a file appears at its path again.
+RELEASE_AFTER = 2.0
 ORPHAN_AFTER = 15.0  # seconds after its claim before a job that is neither waiting nor held counts as lost
 ORPHAN_CHECK = 5.0  # seconds between looks for lost jobs
 
@@ -65,7 +70,9 @@ class Watcher:
         self.skips = SkipLog(log)
         self.next_rescan = float("inf")
         self.rescan_requested = False
-        self.left_inbox: dict[str, str] = {}  # claimed files that left the inbox: their claims are released
+        # Claimed files that left the inbox, oldest first: path -> (sha256, when); their claims are released.
+        self.left_inbox: dict[str, tuple[str, float]] = {}
+        self.release_now: set[str] = set()  # paths of left_inbox where a file appeared again
         self._inbox_prefix = os.path.join(str(inbox), "")
 
     def run(self, stop: threading.Event) -> None:
@@ -138,7 +145,7 @@ class Watcher:
         elif kind is Notice.ARRIVED:
             self._changed(relative, now=now, arrived=True)
         elif kind is Notice.GONE:
-            self._forget(relative)
+            self._forget(relative, now=now)
         elif kind is Notice.FOLDER:
             skipped = next(filter(None, map(folder_skip, relative.split("/"))), None)
             if skipped:
@@ -148,7 +155,7 @@ class Watcher:
                                            on_skip=self.skips.report):
                 self._seen(found, fingerprint, now=now)
         elif kind is Notice.FOLDER_GONE:
-            self._forget_folder(relative + "/")
+            self._forget_folder(relative + "/", now=now)
 
     def rescan(self, now: float) -> int:
         """Walk the whole inbox: new or changed files start their quiet period, claimed ones are checked."""
@@ -184,6 +191,8 @@ class Watcher:
         waiting = self.outbox.get(relative)
         if (waiting is not None and waiting.fingerprint == fingerprint) or self.unreadable.get(relative) == fingerprint:
             return False
+        if relative in self.left_inbox:
+            self.release_now.add(relative)
         self.tracker.note(relative, fingerprint, now=now, event=False)
         return False
 
@@ -196,6 +205,8 @@ class Watcher:
         fingerprint = self._current_fingerprint(relative)
         if fingerprint is None:
             return
+        if relative in self.left_inbox:  # its old claim goes before the new file can be claimed
+            self.release_now.add(relative)
         known = self.known.get(relative)
         waiting = self.outbox.get(relative)
         if known is not None and known.fingerprint == fingerprint:
@@ -209,33 +220,47 @@ class Watcher:
         else:
             self.tracker.note(relative, fingerprint, now=now, event=True)
 
-    def _forget(self, relative: str) -> None:
+    def _forget(self, relative: str, *, now: float) -> None:
         self.tracker.forget(relative)
         self.outbox.discard(relative)
         known = self.known.pop(relative, None)
         if known is not None:
-            self.left_inbox[relative] = known.sha256
+            self.left_inbox.pop(relative, None)  # a file's latest departure comes last
+            self.left_inbox[relative] = (known.sha256, now)
         self.unreadable.pop(relative, None)
         self.skips.forget(relative)
 
-    def _forget_folder(self, prefix: str) -> None:
+    def _forget_folder(self, prefix: str, *, now: float) -> None:
         self.tracker.forget_folder(prefix)
         self.outbox.discard_folder(prefix)
         for relative in [path for path in self.known if path.startswith(prefix)]:
-            self.left_inbox[relative] = self.known.pop(relative).sha256
+            self.left_inbox.pop(relative, None)
+            self.left_inbox[relative] = (self.known.pop(relative).sha256, now)
         for relative in [path for path in self.unreadable if path.startswith(prefix)]:
             del self.unreadable[relative]
 
     def _release_left(self, now: float) -> None:
         """Forget claims of files deleted or moved away before a worker finished them (the worker skips
         their jobs as stale), so the same content dropped at the same path later is queued again. The
-        ledger only forgets an entry for the same content, so a newer file at that path keeps its claim."""
+        ledger only forgets an entry for the same content, so a newer file at that path keeps its claim.
+        Released RELEASE_AFTER seconds after they left (a worker that moved one out forgets it itself
+        meanwhile), or at once where a file appeared at the path again."""
+        due = [relative for relative in self.release_now if relative in self.left_inbox]
+        for relative, (_, left) in self.left_inbox.items():
+            if now - left < RELEASE_AFTER:
+                break
+            due.append(relative)
+        self.release_now.clear()
+        if not due:
+            return
         try:
-            ledger.release(self.client, list(self.left_inbox.items()))
+            ledger.release(self.client, [(relative, self.left_inbox[relative][0]) for relative in due])
         except TRANSIENT_ERRORS as error:
+            self.release_now.update(due)  # a path that appeared again is still released first when Redis is back
             self.health.failed(error, now=now, waiting=len(self.outbox))
             return
-        self.left_inbox.clear()
+        for relative in due:
+            self.left_inbox.pop(relative, None)
 
     def _current_fingerprint(self, relative: str) -> Fingerprint | None:
         """The fingerprint of a regular file, or None (gone; or a symlink or special file, logged once)."""
