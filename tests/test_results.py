@@ -87,12 +87,29 @@ def test_a_digit_far_smaller_than_the_others_flags_its_number():
 @pytest.fixture(params=["unnamed files", "temporary names"])
 def file_creation(request, monkeypatch):
     """Results files both ways: unnamed files named when durable (Linux), or temporary names renamed."""
+    monkeypatch.setattr(results, "_unnamed_by_filesystem", {})
     if request.param == "unnamed files":
-        if results._linkat() is None:
-            pytest.skip("no unnamed files (O_TMPFILE) on this system")
+        if not results._try_unnamed(request.getfixturevalue("tmp_path")):
+            pytest.skip("no unnamed files (O_TMPFILE) here")
     else:
         monkeypatch.setattr(results, "_linkat", lambda: None)
     return request.param
+
+
+def test_where_unnamed_files_cannot_be_named_results_take_temporary_names(tmp_path, monkeypatch):
+    def refusing_linkat(*arguments):  # a /proc of another namespace, or a sandbox, refuses the link
+        ctypes.set_errno(errno.EPERM)
+        return -1
+
+    monkeypatch.setattr(results, "_unnamed_by_filesystem", {})
+    monkeypatch.setattr(results, "_linkat", lambda: refusing_linkat)
+    targets = [tmp_path / f"{number}.png.json" for number in range(results.SYNCFS_FILES)]
+    results.write_json_files([(target, {"source": target.name}) for target in targets])
+    results.write_json_files([(target, {"source": target.name, "again": True}) for target in targets])
+    assert [json.loads(target.read_text()) for target in targets] == [
+        {"source": target.name, "again": True} for target in targets]
+    assert sorted(tmp_path.iterdir()) == sorted(targets)
+    assert results._unnamed_by_filesystem == {os.stat(tmp_path).st_dev: False}  # tried once for the filesystem
 
 
 def test_write_json_is_atomic_and_utf8(tmp_path, file_creation):
@@ -207,7 +224,7 @@ def test_a_name_a_spreadsheet_would_run_is_written_as_text(tmp_path, name):
 def test_files_are_read_whole_by_their_descriptor(tmp_path, size):
     data = os.urandom(size)
     (tmp_path / "scan.png").write_bytes(data)
-    for stated in (size, max(0, size - 10)):  # its size when looked at, or smaller: it grew since
+    for stated in (size, max(0, size - 10), size + 10):  # its size when looked at; it grew or shrank since
         descriptor = os.open(tmp_path / "scan.png", os.O_RDONLY)
         try:
             chunks = list(files.read_chunks(descriptor, stated))

@@ -323,6 +323,11 @@ def test_a_claim_is_released_a_while_after_its_file_left_or_at_once_when_the_fil
 
     (inbox / "again.png").write_bytes(b"content of again.png")  # the same content, back at once
     watcher.handle(Notice.ARRIVED, str(inbox / "again.png"), now=now + 1)
+    client, watcher.client = watcher.client, connect_redis("redis://127.0.0.1:1/0")  # Redis unreachable
+    watcher._release_left(now + 1)
+    assert watcher.release_now == {"again.png"}  # kept for when Redis is back
+    watcher.client = client
+    watcher.health.succeeded(now=now + 1)
     watcher._release_left(now + 1)
     assert ledger.lookup(redis_client, ["moved.png", "again.png"])[1] is None  # released at once
     queue_what_is_due(now + 1)

@@ -95,6 +95,11 @@ class Watcher:
         finally:
             observer.stop()
             observer.join(timeout=5)
+            try:
+                if self.left_inbox and self.health.may_try(time.monotonic()):
+                    self._release_left(time.monotonic(), force=True)
+            except Exception:  # stopping anyway: the next start's rescan and orphan checks find what is left
+                log.exception("could not release the claims of files that left the inbox")
             self.outbox.flush(time.monotonic(), force=True)
             log.info("watcher stopped: %d file(s) not yet ready, %d ready but not sent (they stay in the inbox "
                      "and are queued at the next start)", len(self.tracker), len(self.outbox))
@@ -239,28 +244,29 @@ class Watcher:
         for relative in [path for path in self.unreadable if path.startswith(prefix)]:
             del self.unreadable[relative]
 
-    def _release_left(self, now: float) -> None:
+    def _release_left(self, now: float, *, force: bool = False) -> None:
         """Forget claims of files deleted or moved away before a worker finished them (the worker skips
         their jobs as stale), so the same content dropped at the same path later is queued again. The
         ledger only forgets an entry for the same content, so a newer file at that path keeps its claim.
         Released RELEASE_AFTER seconds after they left (a worker that moved one out forgets it itself
-        meanwhile), or at once where a file appeared at the path again."""
-        due = [relative for relative in self.release_now if relative in self.left_inbox]
+        meanwhile), at once where a file appeared at the path again, and all of them with `force` (when
+        the watcher stops)."""
+        self.release_now.intersection_update(self.left_inbox)
+        due = dict.fromkeys(self.release_now)
         for relative, (_, left) in self.left_inbox.items():
-            if now - left < RELEASE_AFTER:
+            if now - left < RELEASE_AFTER and not force:
                 break
-            due.append(relative)
-        self.release_now.clear()
+            due[relative] = None
         if not due:
             return
         try:
             ledger.release(self.client, [(relative, self.left_inbox[relative][0]) for relative in due])
-        except TRANSIENT_ERRORS as error:
-            self.release_now.update(due)  # a path that appeared again is still released first when Redis is back
+        except TRANSIENT_ERRORS as error:  # kept, marks and all, for when Redis is back
             self.health.failed(error, now=now, waiting=len(self.outbox))
             return
         for relative in due:
             self.left_inbox.pop(relative, None)
+        self.release_now.difference_update(due)
 
     def _current_fingerprint(self, relative: str) -> Fingerprint | None:
         """The fingerprint of a regular file, or None (gone; or a symlink or special file, logged once)."""

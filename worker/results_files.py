@@ -78,8 +78,8 @@ def result_path(results: Path, relative: str) -> Path:
 
 def write_json_files(files: list[tuple[Path, dict[str, Any]]]) -> None:
     """Write UTF-8 JSON files atomically: each into an unnamed file in its target's folder (a temporary
-    name beside it where the system has no unnamed files), made durable, then all given their names,
-    then each folder fsynced, so a name survives a power cut too.
+    name beside it where the filesystem has no unnamed files), made durable, then all given their
+    names, then the names made durable too, so a result survives a power cut whole or not at all.
 
     Made durable: each fsynced, or, for SYNCFS_FILES or more on Linux 5.8 and newer (where syncfs reports
     write errors), all at once by one syncfs of each filesystem they are on. An fsync each cost a busy
@@ -87,9 +87,11 @@ def write_json_files(files: list[tuple[Path, dict[str, Any]]]) -> None:
     that filesystem, which costs time, not safety, where other programs write heavily beside the results.
 
     An unnamed file (Linux O_TMPFILE) costs less to create than a named one renamed later, most of all
-    while other workers create files in the same folder, and a crash leaves nothing behind: it
-    disappears when it is closed unless it was named. A file whose name is taken (a result written
-    again) gets a temporary name, then is renamed over it.
+    while other workers create files in the same folder, and a crash while it is written leaves
+    nothing behind. Naming it changes its inode (its link count) as well as its folder, so after the
+    names both are made durable again (with a journal that costs next to nothing: the names' commit
+    holds it). A file whose name is taken (a result written again) takes a temporary name for the
+    instant before it is renamed over it.
 
     Files are created with mode 666 less the process umask (DIGITS_UMASK), so whoever should read the
     results can.
@@ -97,48 +99,58 @@ def write_json_files(files: list[tuple[Path, dict[str, Any]]]) -> None:
     open_files: list[tuple[int, str | None]] = []  # (descriptor, temporary name or None: unnamed), closed or not
     targets: list[Path] = []
     try:
-        folders = set()
+        devices: dict[Path, int] = {}  # folder -> its filesystem (a folder may be a mount point)
         for path, data in files:
-            if path.parent not in folders:
+            if path.parent not in devices:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                folders.add(path.parent)
-            open_files.append(_create_unnamed(path.parent) or _create_temporary(path.parent))
+                devices[path.parent] = os.stat(path.parent).st_dev
+            unnamed = _unnamed_files(path.parent, devices[path.parent])
+            open_files.append(_create_unnamed(path.parent) if unnamed else _create_temporary(path.parent))
             targets.append(path)
             # One line, without indentation: the C encoder, four times cheaper than pretty-printing, which
             # is a `python -m json.tool` or `jq .` away.
             _write_all(open_files[-1][0], (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n")
                        .encode("utf-8"))
+        filesystems: dict[int, int] = {}  # filesystem -> one descriptor on it, when syncfs makes them durable
         if len(open_files) >= SYNCFS_FILES and _syncfs() is not None:
-            # One descriptor on each filesystem the files are on (a folder may be a mount point).
-            devices = {folder: os.stat(folder).st_dev for folder in folders}
-            filesystems = {}
             for (fd, _), path in zip(open_files, targets):
                 filesystems.setdefault(devices[path.parent], fd)
-            for fd in filesystems.values():
-                _sync_filesystem(fd)
-        else:
-            for fd, _ in open_files:
-                os.fsync(fd)
+        _make_durable(open_files, filesystems)
+        named = False
         for index, ((fd, temporary), path) in enumerate(zip(open_files, targets)):
-            if temporary is None and _link_unnamed(fd, path):
-                continue
-            if temporary is None:  # the name is taken: a temporary name first, then renamed over it
-                temporary = _name_unnamed(fd, path.parent)
+            if temporary is None:
+                named = True
+                if _link_unnamed(fd, path):
+                    continue
+                temporary = _name_unnamed(fd, path.parent)  # the name is taken: renamed over it below
                 open_files[index] = (fd, temporary)
             os.replace(temporary, path)
             open_files[index] = (fd, None)
-        for folder in folders:
+        if named:
+            _make_durable(open_files, filesystems)  # the link counts
+        for folder in devices:
             fsync_folder(folder)
     finally:
-        for fd, temporary in open_files:
+        for fd, _ in open_files:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        for _, temporary in open_files:
             if temporary is not None:
-                Path(temporary).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    Path(temporary).unlink(missing_ok=True)
+
+
+def _make_durable(open_files: list[tuple[int, str | None]], filesystems: dict[int, int]) -> None:
+    """One syncfs of each filesystem given (filesystem -> a descriptor on it), else an fsync of each file."""
+    if filesystems:
+        for fd in filesystems.values():
+            _sync_filesystem(fd)
+    else:
+        for fd, _ in open_files:
+            os.fsync(fd)
 
 
 SYNCFS_FILES = 4  # a job writing this many results files makes them durable with one syncfs
-
 
 def _sync_filesystem(fd: int) -> None:
     """syncfs(2) of the filesystem holding fd."""
@@ -185,18 +197,45 @@ def _create_temporary(folder: Path, suffix: str = ".json") -> tuple[int, str]:
 
 _temporary_numbers = itertools.count()
 _AT_SYMLINK_FOLLOW = 0x400
+_unnamed_by_filesystem: dict[int, bool] = {}
 
 
-def _create_unnamed(folder: Path) -> tuple[int, None] | None:
-    """A new unnamed file in folder, open for writing (Linux O_TMPFILE); None where that is not available."""
+def _unnamed_files(folder: Path, device: int) -> bool:
+    """Whether unnamed files can be made and named in this folder's filesystem: tried once per filesystem
+    (a filesystem without O_TMPFILE, such as NFS, or a /proc that cannot name them, such as another
+    namespace's, get temporary names instead)."""
+    known = _unnamed_by_filesystem.get(device)
+    if known is None:
+        known = _try_unnamed(folder)
+        if known is not None:
+            _unnamed_by_filesystem[device] = known
+    return bool(known)
+
+
+_UNSUPPORTED = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOSYS, errno.ENOENT, errno.EXDEV, errno.EPERM}
+
+
+def _try_unnamed(folder: Path) -> bool | None:
+    """True when an unnamed file can be made and named in folder, False when its filesystem or this system
+    cannot, None when the try failed for another reason (a full disk, say): tried again next time."""
     if _linkat() is None:
-        return None
+        return False
     try:
-        return os.open(folder, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o666), None
-    except OSError as error:  # a filesystem without unnamed files, or a kernel that predates them
-        if error.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-            return None
-        raise
+        fd = _create_unnamed(folder)[0]
+    except OSError as error:
+        return False if error.errno in _UNSUPPORTED else None
+    try:
+        Path(_name_unnamed(fd, folder)).unlink(missing_ok=True)
+        return True
+    except OSError as error:
+        return False if error.errno in _UNSUPPORTED else None
+    finally:
+        os.close(fd)
+
+
+def _create_unnamed(folder: Path) -> tuple[int, None]:
+    """A new unnamed file in folder, open for writing (Linux O_TMPFILE)."""
+    return os.open(folder, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o666), None
 
 
 def _link_unnamed(fd: int, path: Path) -> bool:
