@@ -11,7 +11,6 @@ from typing import NamedTuple
 from core.files import read_chunks
 
 
-
 class Fingerprint(NamedTuple):
     """Metadata that changes whenever the content (or the file behind the name) may have changed."""
 

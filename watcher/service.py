@@ -230,8 +230,7 @@ class Watcher:
         self.outbox.discard(relative)
         known = self.known.pop(relative, None)
         if known is not None:
-            self.left_inbox.pop(relative, None)  # a file's latest departure comes last
-            self.left_inbox[relative] = (known.sha256, now)
+            self._left(relative, known.sha256, now=now)
         self.unreadable.pop(relative, None)
         self.skips.forget(relative)
 
@@ -239,10 +238,14 @@ class Watcher:
         self.tracker.forget_folder(prefix)
         self.outbox.discard_folder(prefix)
         for relative in [path for path in self.known if path.startswith(prefix)]:
-            self.left_inbox.pop(relative, None)
-            self.left_inbox[relative] = (self.known.pop(relative).sha256, now)
+            self._left(relative, self.known.pop(relative).sha256, now=now)
         for relative in [path for path in self.unreadable if path.startswith(prefix)]:
             del self.unreadable[relative]
+
+    def _left(self, relative: str, sha256: str, *, now: float) -> None:
+        """A claimed file left the inbox: its claim is released by _release_left (oldest departures first)."""
+        self.left_inbox.pop(relative, None)
+        self.left_inbox[relative] = (sha256, now)
 
     def _release_left(self, now: float, *, force: bool = False) -> None:
         """Forget claims of files deleted or moved away before a worker finished them (the worker skips

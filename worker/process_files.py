@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from core import ledger, protocol
-from core.files import read_chunks
 from core.errors import BadInput, ImageTooLarge, NotAnImage, UnsafePath
+from core.files import read_chunks
 from core.settings import Settings
 from core.templates import Template, TemplateError
 from worker import crops, recognition

@@ -152,6 +152,7 @@ def _make_durable(open_files: list[tuple[int, str | None]], filesystems: dict[in
 
 SYNCFS_FILES = 4  # a job writing this many results files makes them durable with one syncfs
 
+
 def _sync_filesystem(fd: int) -> None:
     """syncfs(2) of the filesystem holding fd."""
     if _syncfs()(fd) != 0:
