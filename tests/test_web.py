@@ -283,7 +283,9 @@ def test_a_forms_fields_are_reviewed_together(tmp_path, browser):
     page.goto(f"http://127.0.0.1:{port}/review")
     page.wait_for_selector("#form_view:not([hidden])")
     assert page.locator("input.field").count() == 4 and "form slip" in page.text_content("#where")
-    assert page.evaluate("[...document.querySelectorAll('#fields img')].every(img => img.naturalWidth > 0)")
+    # Each field's picture loads (waited for: the page shows before its pictures arrive).
+    page.wait_for_function("[...document.querySelectorAll('#fields img')].every(img => img.complete && img.naturalWidth > 0)",
+                           timeout=10_000)
     if SCREENSHOTS:
         page.screenshot(path=str(Path(SCREENSHOTS) / "web-review-form.png"))
     page.keyboard.type("12345674")  # the first field (the account number) has the focus, its digits selected
