@@ -13,8 +13,6 @@ from bench import documents
 from core import ledger, protocol
 from trainer import scans
 
-pytest.importorskip("jax", reason="the JAX backend is installed by the test extra (make test)")
-
 BACKENDS = ("tensorflow", "jax")
 UNCOMPARED = {"processed_at", "worker", "job"}  # when and where, not what was read
 CONFIDENCE_PLACES = 4

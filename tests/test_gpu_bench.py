@@ -6,10 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 from conftest import PROJECT_ROOT
-
-pytest.importorskip("jax", reason="the JAX backend is installed by the test extra (make test)")
 
 
 def test_pack_fetches_installable_wheels_that_fit_one_device_call(tmp_path):

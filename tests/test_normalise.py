@@ -392,9 +392,15 @@ def test_mangled_bytes_only_ever_raise_bad_input(variant_scans):
             for position in random.integers(0, len(data), size=int(random.integers(1, 12))):
                 data[position] = int(random.integers(0, 256))
             try:
-                normalise(bytes(data))
+                pages = normalise(bytes(data))
             except BadInput:
-                pass
+                continue
+            for page in pages:  # what comes back is well-formed: 28x28 float32 glyphs in 0..1 inside the page
+                for glyph in page.glyphs:
+                    assert glyph.image.shape == (28, 28) and glyph.image.dtype == np.float32
+                    assert 0.0 <= glyph.image.min() and glyph.image.max() <= 1.0
+                    left, top, right, bottom = glyph.box
+                    assert 0 <= left < right <= page.size[0] and 0 <= top < bottom <= page.size[1], (glyph.box, page.size)
 
 
 @pytest.mark.parametrize("size", [(8, 8), (9, 9), (8, 5000), (5000, 8), (30000, 8), (12, 12)])

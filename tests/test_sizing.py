@@ -36,7 +36,6 @@ def test_the_worker_runtime_gives_tensorflow_that_many_threads():
 
 def test_a_tensorflow_worker_does_not_load_jax_yet_jax_still_imports():
     # TensorFlow's TFLite helpers import JAX wherever it is installed: 130 MiB more in each worker.
-    pytest.importorskip("jax")
     assert printed_by("import sys\n"
                       "from core.device import configure\n"
                       "configure('cpu', threads=1, backend_name='tensorflow')\n"

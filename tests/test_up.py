@@ -60,8 +60,8 @@ def test_digits_up_recognises_dropped_scans_stops_cleanly_on_ctrl_c_and_resumes(
     # One file per job, so a burst is many jobs and Ctrl-C finds most of them still on the queue.
     environment = clean_environment(DIGITS_WEIGHTS=str(weights), DIGITS_DEVICE="cpu", DIGITS_CONCURRENCY="4",
                                     DIGITS_READY_DELAY="0.3", DIGITS_QUEUE_BATCH="1")
-    scans = {f"scan-{index}.png": scan_png(index)[0] for index in range(3)}
-    scans["nested/scan-3.png"] = scan_png(3)[0]
+    scans = {f"scan-{index}.png": scan_png(index) for index in range(3)}
+    scans["nested/scan-3.png"] = scan_png(3)
     broken = {"broken.png": b"not an image at all"}
 
     first = Up(site, environment)
@@ -69,12 +69,12 @@ def test_digits_up_recognises_dropped_scans_stops_cleanly_on_ctrl_c_and_resumes(
     inbox = site / "inbox"
     assert inbox.is_dir() and (site / "results").is_dir() and (site / ".digits").is_dir()
     (inbox / "nested").mkdir()
-    for name, data in {**scans, **broken}.items():
+    for name, data in {**{name: data for name, (data, _) in scans.items()}, **broken}.items():
         drop(inbox, name, data)
     wait_until(lambda: all(result_of(site, name) for name in [*scans, *broken]), timeout=STARTUP_SECONDS,
                interval=0.2, message="results files of every dropped scan")
-    for name in scans:
-        assert result_of(site, name)["status"] in ("ok", "no_digit")
+    for name, (_, label) in scans.items():
+        assert (result_of(site, name)["status"], result_of(site, name)["digits"]) == ("ok", str(label))
         wait_until(lambda: (site / "processed" / name).is_file(), timeout=30, message=f"{name} in processed/")
     assert result_of(site, "broken.png")["status"] == "error"
     wait_until(lambda: (site / "failed" / "broken.png").is_file(), timeout=30, message="broken.png in failed/")
@@ -304,7 +304,7 @@ def test_a_service_that_dies_is_started_again_and_nothing_dropped_meanwhile_is_l
     drop(inbox, "after.png", scan_png(3)[0])
     for name in ("during.png", "after.png"):
         wait_until(lambda: result_of(site, name), timeout=STARTUP_SECONDS, interval=0.2, message=name)
-        assert result_of(site, name)["status"] in ("ok", "no_digit")
+        assert result_of(site, name)["digits"] == str(scan_png(2 if name == "during.png" else 3)[1])
     assert up.process.poll() is None  # digits up itself kept running
     rows = [row["source"] for row in csv_rows(site / "results" / "results.csv")]
     assert sorted(rows) == ["after.png", "before.png", "during.png"]  # one row each, none twice
