@@ -50,7 +50,7 @@ class Score:
     flagged: int
     accepted_wrong: int  # numbers not flagged for review and read wrong
     plain: int = 0  # pages the plain resize read right (plain scans only)
-    causes: collections.Counter | None = None  # (cause, "flagged" or "accepted") of each number read wrong
+    causes: collections.Counter | None = None  # (cause, "accepted", "flagged" or "lost") per number read wrong
 
     @property
     def share(self) -> float:
