@@ -118,15 +118,24 @@ def score(predict, kind: str, scans: list[Scan], *, review_below: float, hard: n
                                    zip(sources[before + position], number["digits"], wanted[position]) if got != want]
                         cause = "hard digit" if all(misread) else "digit as the page gave it"
                     causes[cause, "flagged" if number["review"] else "accepted"] += 1
-            if causes is not None:
-                causes["number lost or added", "lost"] += max(0, len(wanted) - len(page["numbers"]))
         if causes is not None:
-            causes["number lost or added", "lost"] += sum(map(len, expected_pages[len(result["pages"]):]))
+            causes["number lost or added", "lost"] += sum(max(0, len(wanted) - len(got))
+                                                          for wanted, got in zip(expected_pages, read_pages))
         total_numbers += max(0, len(expected) - sum(len(page["numbers"]) for page in result["pages"]))
         if kind in PLAIN:
             guesses = predict(plain_resize(scan.data))
             plain_right += sum(str(int(row[:DIGIT_CLASSES].argmax())) == label for row, label in zip(guesses, scan.labels))
     return Score(kind, len(scans), right, total_numbers, flagged, accepted_wrong, plain_right, causes)
+
+
+def causes_line(causes: collections.Counter) -> str:
+    """'hard digit 3 accepted, 1 flagged; ...' for the causes counted above zero."""
+    parts = []
+    for cause in CAUSES:
+        counts = [f"{causes[cause, how]} {how}" for how in CAUSE_HOW if causes[cause, how] > 0]
+        if counts:
+            parts.append(f"{cause} {', '.join(counts)}")
+    return "; ".join(parts)
 
 
 def plain_resize(data: bytes) -> list[np.ndarray]:
@@ -189,10 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         plain = f"{result.plain / max(1, result.pages):>13.2%}" if kind in PLAIN else f"{'':>13}"
         print(f"{kind:<10}{result.pages:>6}{result.share:>10.2%} {result.flagged_share:>8.2%} "
               f"{result.accepted_error:>21.2%} {plain}   ({time.perf_counter() - started:.0f} s)", flush=True)
-        if result.causes and any(result.causes.values()):
-            print(" " * 10 + "wrong: " + "; ".join(
-                f"{cause} {', '.join(f'{result.causes[cause, how]} {how}' for how in CAUSE_HOW if result.causes[cause, how])}"
-                for cause in CAUSES if any(result.causes[cause, how] for how in CAUSE_HOW)), flush=True)
+        if result.causes is not None and +result.causes:
+            print(" " * 10 + "wrong: " + causes_line(+result.causes), flush=True)
     return 0
 
 
